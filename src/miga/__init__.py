@@ -1,0 +1,1 @@
+"""miga: training-free long video generation (MIGA, FIFO-Diffusion)."""

@@ -1,0 +1,1 @@
+"""Model adapters behind the :class:`~miga.backbones.base.Backbone` interface."""

@@ -1,0 +1,229 @@
+"""One config dataclass per method, with the paper's settings as named presets (method.md Sec. 4).
+
+Every constant of the paper is a field here; the engine reads them and hard-codes none. Each MIGA
+mechanism can be switched off alone, so the paper's ablations are configurations:
+
+==================  ==========================================================================
+FIFO-Diffusion      ``FIFOConfig`` (or MIGA with ``zigzag_width=1, stage2_steps=0, guides=0,
+                    reflection=False`` for FIFO's ladder under MIGA's tiling)
++ Stage 1           ``zigzag_width=4, stage2_steps=0, guides=0, reflection=False``
++ Stage 2 (= TTA)   ``zigzag_width=4, stage2_steps=10, guides=0, reflection=False``
+DCE only            ``zigzag_width=1, stage2_steps=0`` with guides and reflection on
+MIGA                a preset as it is
+==================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from miga.errors import MigaError
+
+
+@dataclass(frozen=True)
+class _SamplingFields:
+    """Fields both methods share.
+
+    Attributes:
+        solver: per-frame solver: ``ddim`` (epsilon models, VideoCrafter2), ``unipc`` (Wan) or ``euler``.
+        eta: DDIM stochasticity (1.0 in FIFO and MIGA's VideoCrafter2 setup).
+        guidance_scale: classifier-free guidance (VideoCrafter2 12, Wan 5; 1 disables it).
+        flow_shift: overrides the backbone's flow-schedule shift when set (Wan: 5.0 in the paper).
+        negative_prompt: the unconditional prompt; None uses the backbone's default.
+        window_batch: windows batched into one model call where windows are independent (speed only;
+            the output does not change beyond float rounding).
+    """
+
+    solver: Literal["ddim", "unipc", "euler"] = "ddim"
+    eta: float = 1.0
+    guidance_scale: float = 12.0
+    flow_shift: float | None = None
+    negative_prompt: str | None = None
+    window_batch: int = 1
+
+    def _check_sampling(self) -> None:
+        if self.solver not in ("ddim", "unipc", "euler"):
+            raise MigaError(f"unknown solver {self.solver!r}; choose ddim, unipc or euler")
+        if self.eta < 0:
+            raise MigaError(f"eta must be >= 0, got {self.eta}")
+        if not self.guidance_scale > 0:
+            raise MigaError(f"guidance scale must be > 0, got {self.guidance_scale}")
+        if self.flow_shift is not None and not self.flow_shift > 0:
+            raise MigaError(f"flow shift must be > 0, got {self.flow_shift}")
+        if self.window_batch < 1:
+            raise MigaError(f"window batch must be >= 1, got {self.window_batch}")
+
+    def with_(self, **changes):
+        """A copy with some fields changed (None values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class FIFOConfig(_SamplingFields):
+    """FIFO-Diffusion (Kim et al. 2024) as published (method.md decision 3, Alg. 1-3).
+
+    Attributes:
+        partitions: n; the queue has T = f_0 * n latents and the schedule T steps.
+        lookahead: lookahead denoising: windows of f_0 at stride f_0/2 write their latter half, with
+            f_0/2 clean padding latents in front; without it, n disjoint windows.
+        drop_warmup: drop the first T - f_0 outputs (noised copies of the base clip's first frame).
+    """
+
+    partitions: int = 4
+    lookahead: bool = True
+    drop_warmup: bool = True
+
+    def steps(self, native_frames: int) -> int:
+        return native_frames * self.partitions
+
+    def validate(self, native_frames: int) -> "FIFOConfig":
+        self._check_sampling()
+        if self.partitions < 1:
+            raise MigaError(f"FIFO needs at least 1 partition, got {self.partitions}")
+        if self.lookahead and native_frames < 2:
+            raise MigaError("FIFO lookahead needs a model window of at least 2 frames")
+        return self
+
+    @classmethod
+    def videocrafter2(cls) -> "FIFOConfig":
+        """FIFO on VideoCrafter2: n = 4 (T = 64), DDIM eta = 1, CFG 12."""
+        return cls(partitions=4, solver="ddim", eta=1.0, guidance_scale=12.0)
+
+    @classmethod
+    def wan21(cls) -> "FIFOConfig":
+        """FIFO on Wan2.1-1.3B: n = 3 (T = 63 for f_0 = 21), flow UniPC-2, shift 5, CFG 5."""
+        return cls(partitions=3, solver="unipc", guidance_scale=5.0, flow_shift=5.0)
+
+    @classmethod
+    def gaussian(cls) -> "FIFOConfig":
+        """FIFO on the exact Gaussian world: n = 2 (T = 32), UniPC-2, no guidance."""
+        return cls(partitions=2, solver="unipc", guidance_scale=1.0)
+
+
+@dataclass(frozen=True)
+class MIGAConfig(_SamplingFields):
+    """MIGA (Feng et al., ICML 2026): zigzag Stage 1, unified Stage 2, long-range guidance,
+    self-reflection. Symbols as in the paper; defaults are the VideoCrafter2 setting of Sec. 4.1.
+
+    Attributes:
+        steps: T, schedule length.
+        zigzag_width: L_zig, latents sharing one level in the Stage-1 queue (Eq. 3); 1 = FIFO's ladder.
+        stage2_steps: K2 (the paper's tau_e): the last K2 schedule steps run with all frames at one level
+            (Eq. 4); 0 disables Stage 2.
+        stride: s, sliding-window stride (method.md Sec. 3.9).
+        guides: m_guid, long-range guide latents in each Stage-1 window (Eq. 8); 0 disables guidance.
+        guide_selection: ``uniform`` over the latents in front of the window (paper Eq. 8) or
+            ``nearest`` (one latent from each of the m nearest chunks, the released code's choice).
+        dynamic_offset: shift the Stage-1/Stage-2 tiling by (pass mod s) each pass (released code).
+        reflection: self-reflection on/off (Alg. 6).
+        reflection_threshold: delta_adju, the drop of the consistency score that triggers a search.
+        reflection_samples: n_samp candidates per search.
+        reflection_judge_steps: f_judg, steps the judged chunk has received.
+        reflection_ref_chunks: n_ref, reference chunks in front of the judged one.
+        reflect_during: ``all`` Stage-1 passes (paper A.1.3) or only while the queue ``fill`` s (code).
+        score_mode: consistency score per ``frame`` (Eqs. 5-7) or one map per ``chunk`` (VC2 code).
+        stage2_mode: ``stream`` (wavefront behind Stage 1, bounded memory; decision 5) or ``batch``
+            (the paper: after Stage 1 ends). Both give the same latents.
+        fresh_from_clip: new tail chunks are ``Noise(last clip frame, top)`` (Alg. 4/5) rather than
+            pure noise.
+    """
+
+    steps: int = 64
+    zigzag_width: int = 4
+    stage2_steps: int = 10
+    stride: int = 8
+    guides: int = 6
+    guide_selection: Literal["uniform", "nearest"] = "uniform"
+    dynamic_offset: bool = True
+    reflection: bool = True
+    reflection_threshold: float = 0.01
+    reflection_samples: int = 5
+    reflection_judge_steps: int = 13
+    reflection_ref_chunks: int = 3
+    reflect_during: Literal["all", "fill"] = "all"
+    score_mode: Literal["frame", "chunk"] = "frame"
+    stage2_mode: Literal["stream", "batch"] = "stream"
+    fresh_from_clip: bool = True
+
+    def validate(self, native_frames: int) -> "MIGAConfig":
+        """Check the config against a model window f_0; raise MigaError naming the problem."""
+        self._check_sampling()
+        f0, T = native_frames, self.steps
+        if T < 2:
+            raise MigaError(f"steps must be >= 2, got {T}")
+        if not 0 <= self.guides < f0:
+            raise MigaError(f"guides (m_guid={self.guides}) must be in [0, {f0 - 1}]: the model window holds "
+                            f"f_0={f0} latents and needs at least one to denoise")
+        local = f0 - self.guides
+        if not 1 <= self.stride <= local:
+            raise MigaError(f"stride s={self.stride} must be in [1, {local}]: larger than the local window "
+                            f"f_0 - m_guid = {f0} - {self.guides}")
+        if not 1 <= self.zigzag_width <= local:
+            raise MigaError(f"zigzag width L_zig={self.zigzag_width} does not fit the window: it must be in "
+                            f"[1, {local}] (f_0 - m_guid = {f0} - {self.guides})")
+        if not 0 <= self.stage2_steps < T:
+            raise MigaError(f"stage-2 steps K2={self.stage2_steps} must be in [0, {T - 1}] (fewer than the "
+                            f"{T} total steps)")
+        chunks_in_clip = f0 // self.zigzag_width
+        if T - self.stage2_steps - 1 < chunks_in_clip:
+            raise MigaError(f"too few stage-1 steps: T - K2 = {T - self.stage2_steps} must exceed the "
+                            f"{chunks_in_clip} chunks of the base clip (f_0 / L_zig); raise --steps or lower "
+                            f"--stage2-steps")
+        if self.guide_selection not in ("uniform", "nearest"):
+            raise MigaError(f"unknown guide selection {self.guide_selection!r}; use uniform or nearest")
+        if self.reflect_during not in ("all", "fill"):
+            raise MigaError(f"reflect_during must be 'all' or 'fill', got {self.reflect_during!r}")
+        if self.score_mode not in ("frame", "chunk"):
+            raise MigaError(f"score mode must be 'frame' or 'chunk', got {self.score_mode!r}")
+        if self.stage2_mode not in ("stream", "batch"):
+            raise MigaError(f"stage-2 mode must be 'stream' or 'batch', got {self.stage2_mode!r}")
+        if self.reflection:
+            if self.reflection_threshold < 0:
+                raise MigaError(f"reflection threshold must be >= 0, got {self.reflection_threshold}")
+            if self.reflection_samples < 1 or self.reflection_ref_chunks < 1 or self.reflection_judge_steps < 1:
+                raise MigaError("reflection samples, judge steps and reference chunks must all be >= 1")
+            room = T - self.stage2_steps - 1
+            if self.reflection_judge_steps + self.reflection_ref_chunks > room:
+                raise MigaError(f"self-reflection does not fit the queue: judge steps f_judg="
+                                f"{self.reflection_judge_steps} + reference chunks n_ref={self.reflection_ref_chunks}"
+                                f" must be <= T - K2 - 1 = {room}")
+        return self
+
+    # ---- paper presets (Sec. 4.1) ----
+    @classmethod
+    def videocrafter2(cls) -> "MIGAConfig":
+        """VideoCrafter2: T=64, L_zig=4, K2=10, delta=0.01, m=6, n_samp=5, f_judg=13, n_ref=3, s=8,
+        DDIM eta=1, CFG 12."""
+        return cls()
+
+    @classmethod
+    def wan21(cls) -> "MIGAConfig":
+        """Wan2.1-1.3B: T=54, L_zig=7, K2=10, delta=0.01, m=4, n_samp=3, f_judg=10, n_ref=2, s=10,
+        flow UniPC order 2, shift 5, CFG 5."""
+        return cls(steps=54, zigzag_width=7, stage2_steps=10, stride=10, guides=4, reflection_threshold=0.01,
+                   reflection_samples=3, reflection_judge_steps=10, reflection_ref_chunks=2,
+                   solver="unipc", eta=0.0, guidance_scale=5.0, flow_shift=5.0)
+
+    @classmethod
+    def gaussian(cls) -> "MIGAConfig":
+        """Small numbers for the exact Gaussian world (f_0 = 16): fast enough for tests and demos."""
+        return cls(steps=32, zigzag_width=4, stage2_steps=6, stride=8, guides=4, reflection_threshold=0.01,
+                   reflection_samples=3, reflection_judge_steps=8, reflection_ref_chunks=2,
+                   solver="unipc", eta=0.0, guidance_scale=1.0)
+
+
+PRESETS = {
+    "videocrafter2": (MIGAConfig.videocrafter2, FIFOConfig.videocrafter2),
+    "wan2.1": (MIGAConfig.wan21, FIFOConfig.wan21),
+    "gaussian": (MIGAConfig.gaussian, FIFOConfig.gaussian),
+}
+
+
+def preset(name: str, method: str = "miga") -> MIGAConfig | FIFOConfig:
+    """The named paper preset for ``method`` (``miga`` or ``fifo``)."""
+    if name not in PRESETS:
+        raise MigaError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    if method not in ("miga", "fifo"):
+        raise MigaError(f"unknown method {method!r}; choose miga or fifo")
+    return PRESETS[name][0 if method == "miga" else 1]()

@@ -1,0 +1,146 @@
+"""Queue slots and ``ModelStep`` (method.md Sec. 3 primitives): one model call on a window whose frames
+carry their own levels, classifier-free guidance, then a per-frame solver update of chosen frames."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from miga.engine.rng import KeyedNoise
+from miga.engine.schedules import Schedule
+from miga.engine.solvers import to_denoised
+
+
+@dataclass
+class Slot:
+    """One latent in the queue: where it sits in the output (``index``; negative for warm-up and
+    padding latents), its tensor ``[C, H, W]``, its level (0 = clean) and its solver history."""
+
+    index: int
+    latent: torch.Tensor
+    level: int
+    state: Any = None
+
+    def copy(self) -> "Slot":
+        return Slot(self.index, self.latent, self.level, self.state)
+
+
+@dataclass
+class WindowJob:
+    """A window to denoise: ``slots`` in model order (guides first), the positions in it to update,
+    the absolute latent index whose prompt conditions it (A3), and the purpose key of its noise."""
+
+    slots: list[Slot]
+    targets: Sequence[int]
+    prompt_at: int
+    purpose: str = "step"
+
+
+@dataclass
+class Stats:
+    """Counters reported by ``--stats``: model calls (each guidance branch counted) and reflection."""
+
+    nfe: int = 0
+    model_seconds: float = 0.0
+    reflection_checks: int = 0
+    reflection_triggers: int = 0
+    reflection_adoptions: int = 0
+    reflection_scores: list[float] = field(default_factory=list)
+
+
+class WindowStepper:
+    """Runs :class:`WindowJob` s through a backbone and a per-frame solver.
+
+    Args:
+        backbone: anything with ``predict(latents, levels, conds)`` and ``prediction``.
+        schedule, solver: the level ladder and the per-frame solver (``miga.engine.solvers``).
+        noise: keyed noise for stochastic solvers.
+        prompt_index: maps an absolute latent index to the index of its prompt.
+        conds: one encoded conditioning per prompt; ``uncond`` the negative prompt's.
+        guidance_scale: classifier-free guidance ``u + g (c - u)``; 1 skips the unconditional branch.
+        max_batch: windows of equal length batched into one model call (only where the caller says
+            the windows are independent).
+    """
+
+    def __init__(self, backbone, schedule: Schedule, solver, noise: KeyedNoise, prompt_index,
+                 conds: Sequence[Any], uncond: Any, guidance_scale: float, stats: Stats, max_batch: int = 1):
+        self.backbone = backbone
+        self.schedule = schedule
+        self.solver = solver
+        self.noise = noise
+        self.prompt_index = prompt_index
+        self.conds = list(conds)
+        self.uncond = uncond
+        self.guidance_scale = float(guidance_scale)
+        self.stats = stats
+        self.max_batch = max(1, int(max_batch))
+
+    @torch.no_grad()
+    def run(self, jobs: Sequence[WindowJob], batch: bool = True) -> None:
+        """Run jobs in order. With ``batch``, consecutive jobs of equal window length share one model
+        call; each batch reads all its windows before writing any of them."""
+        limit = self.max_batch if batch else 1
+        group: list[WindowJob] = []
+        for job in jobs:
+            if not job.targets:
+                continue
+            if group and (len(group) >= limit or len(job.slots) != len(group[0].slots)):
+                self._run_group(group)
+                group = []
+            group.append(job)
+        if group:
+            self._run_group(group)
+
+    def predict_denoised(self, jobs: Sequence[WindowJob]) -> torch.Tensor:
+        """x0 estimates ``[B, C, F, H, W]`` for a batch of equal-length windows (CFG applied)."""
+        x = torch.stack([torch.stack([s.latent for s in job.slots], dim=1) for job in jobs])
+        levels = [[s.level for s in job.slots] for job in jobs]
+        noise_levels = self.schedule.noise_levels(levels)
+        conds = [self.conds[self.prompt_index(job.prompt_at)] for job in jobs]
+        cfg = self.guidance_scale != 1.0
+        if cfg:
+            n = len(jobs)
+            x_in = torch.cat([x, x])
+            nl = type(noise_levels)(*(torch.cat([t, t]) for t in
+                                      (noise_levels.timesteps, noise_levels.alphas, noise_levels.sigmas)))
+            conds_in = [self.uncond] * n + conds
+        else:
+            x_in, nl, conds_in = x, noise_levels, conds
+        t0 = time.perf_counter()
+        out = self.backbone.predict(x_in, nl, conds_in)
+        if out.is_cuda:
+            torch.cuda.synchronize(out.device)
+        self.stats.model_seconds += time.perf_counter() - t0
+        self.stats.nfe += x_in.shape[0]
+        out = out.to(x.dtype)
+        if cfg:
+            u, c = out[:n], out[n:]
+            out = u + self.guidance_scale * (c - u)
+        return to_denoised(out, x, noise_levels.alphas, noise_levels.sigmas, self.backbone.prediction)
+
+    def _run_group(self, jobs: Sequence[WindowJob]) -> None:
+        denoised = self.predict_denoised(jobs)
+        for b, job in enumerate(jobs):
+            slots = [job.slots[i] for i in job.targets]
+            x = torch.stack([s.latent for s in slots])
+            x0 = denoised[b][:, list(job.targets)].transpose(0, 1)
+            levels = [s.level for s in slots]
+            noise = None
+            if self.solver.stochastic:
+                noise = self.noise.many([s.index for s in slots], levels, job.purpose + "/eta")
+            new_x, new_states = self.solver.step(x, x0, levels, [s.state for s in slots], noise)
+            for s, lat, st in zip(slots, new_x, new_states):
+                s.latent, s.state, s.level = lat, st, s.level - 1
+
+
+def sample_clip(stepper: WindowStepper, frames: int, first_index: int = 0, purpose: str = "clip") -> list[Slot]:
+    """Standard T-step sampling of one short clip, all frames at one level (Eq. 1)."""
+    top = stepper.schedule.top
+    slots = [Slot(first_index + i, stepper.noise.one(first_index + i, top, purpose + "/init"), top)
+             for i in range(frames)]
+    for _ in range(top):
+        stepper.run([WindowJob(slots, range(frames), first_index, purpose)])
+    return slots

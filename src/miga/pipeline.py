@@ -1,0 +1,132 @@
+"""The small public API: pick a backbone, describe the video, stream its latents or frames.
+
+    >>> import miga
+    >>> world = miga.load_backbone("gaussian")
+    >>> video = miga.LongVideo(world, "drifting clouds", num_frames=64, seed=0)
+    >>> for frame in video.frames():   # uint8 [H, W, 3], as each latent finishes
+    ...     pass
+    >>> video.stats.nfe
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from miga.backbones.base import Backbone
+from miga.config import FIFOConfig, MIGAConfig, preset
+from miga.engine.fifo import fifo_latents
+from miga.engine.miga import miga_latents
+from miga.engine.prompts import PromptSchedule
+from miga.engine.rng import KeyedNoise
+from miga.engine.schedules import Schedule
+from miga.engine.solvers import make_solver
+from miga.engine.stepper import Stats, WindowStepper
+from miga.errors import MigaError
+
+BUILTIN_MODELS = ("gaussian", "gaussian-clip")
+
+
+def load_backbone(model: str = "gaussian", *, height: int | None = None, width: int | None = None,
+                  device: str = "cpu", **kwargs: Any) -> Backbone:
+    """A backbone by name: ``gaussian`` (the exact Gaussian video world) or ``gaussian-clip`` (the same
+    world denoised like a foundation model trained on one noise level per clip)."""
+    size = {k: v for k, v in (("height", height), ("width", width)) if v is not None}
+    if model in ("gaussian", "gaussian-clip"):
+        from miga.backbones.gaussian import GaussianWorld
+
+        mode = "clip" if model == "gaussian-clip" else "exact"
+        return GaussianWorld(mode=mode, device=device, **size, **kwargs)
+    raise MigaError(f"unknown model {model!r}; choose one of: {', '.join(BUILTIN_MODELS)}")
+
+
+def _as_schedule(prompts: PromptSchedule | str | Sequence[str], num_frames: int) -> PromptSchedule:
+    if isinstance(prompts, PromptSchedule):
+        return prompts
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = list(prompts)
+    if not prompts or any(not p.strip() for p in prompts):
+        raise MigaError("a prompt is empty; give a non-empty prompt text")
+    return PromptSchedule.even(prompts, num_frames) if len(prompts) > 1 else PromptSchedule.single(prompts[0])
+
+
+class LongVideo:
+    """One long video: ``num_frames`` output frames from ``backbone`` with MIGA or FIFO.
+
+    Args:
+        backbone: a :class:`~miga.backbones.base.Backbone`.
+        prompts: one prompt, several (an even split along time) or a :class:`PromptSchedule`.
+        num_frames: output frames.
+        config: a :class:`MIGAConfig` or :class:`FIFOConfig`; default: the backbone's MIGA preset.
+        seed: every random draw derives from it (keyed randomness).
+    """
+
+    def __init__(self, backbone: Backbone, prompts: PromptSchedule | str | Sequence[str], num_frames: int,
+                 config: MIGAConfig | FIFOConfig | None = None, seed: int = 0):
+        if not isinstance(num_frames, int) or num_frames < 1:
+            raise MigaError(f"the number of frames must be a positive integer, got {num_frames!r}")
+        self.backbone = backbone
+        self.num_frames = num_frames
+        self.config = config if config is not None else preset(backbone.default_preset, "miga")
+        self.config.validate(backbone.native_frames)
+        self.prompts = _as_schedule(prompts, num_frames)
+        self.num_latents = math.ceil(num_frames / backbone.frames_per_latent)
+        self.seed = int(seed)
+        self.stats = Stats()
+        sched_cfg = backbone.default_schedule
+        if self.config.flow_shift is not None:
+            from dataclasses import replace
+
+            sched_cfg = replace(sched_cfg, shift=self.config.flow_shift)
+        if self.config.solver == "euler" and sched_cfg.kind != "flow":
+            raise MigaError("the euler solver needs a flow-matching model; use ddim or unipc")
+        steps = (self.config.steps(backbone.native_frames) if isinstance(self.config, FIFOConfig)
+                 else self.config.steps)
+        self.schedule = Schedule(sched_cfg, steps)
+
+    def _stepper(self) -> WindowStepper:
+        bb, cfg = self.backbone, self.config
+        latent_prompts = self.prompts.to_latents(bb.frames_per_latent)
+        cache: dict[str, Any] = {}
+
+        def encode(text: str):
+            if text not in cache:
+                cache[text] = bb.encode_prompt(text)
+            return cache[text]
+
+        conds = [encode(p) for p in latent_prompts.prompts]
+        uncond = None
+        if cfg.guidance_scale != 1.0:
+            uncond = encode(cfg.negative_prompt if cfg.negative_prompt is not None else bb.negative_prompt)
+        noise = KeyedNoise(self.seed, bb.latent_shape, getattr(bb, "device", "cpu"))
+        solver = make_solver(cfg.solver, self.schedule, cfg.eta)
+        return WindowStepper(bb, self.schedule, solver, noise, latent_prompts.index_at, conds, uncond,
+                             cfg.guidance_scale, self.stats, cfg.window_batch)
+
+    def latents(self) -> Iterator[torch.Tensor]:
+        """Finished latents ``[C, H, W]`` in order, each as soon as it is final."""
+        stepper = self._stepper()
+        if isinstance(self.config, FIFOConfig):
+            slots = fifo_latents(stepper, self.config, self.backbone.native_frames, self.num_latents)
+        else:
+            slots = miga_latents(stepper, self.config, self.backbone.native_frames, self.num_latents, self.stats)
+        for slot in slots:
+            yield slot.latent
+
+    def frames(self) -> Iterator[np.ndarray]:
+        """Decoded RGB frames (uint8 ``[H, W, 3]``), streamed as latents finish; exactly ``num_frames``."""
+        decoder = self.backbone.decoder()
+        count = 0
+        for latent in self.latents():
+            for frame in decoder.push(latent):
+                if count < self.num_frames:
+                    count += 1
+                    yield frame
+        for frame in decoder.flush():
+            if count < self.num_frames:
+                count += 1
+                yield frame

@@ -1,0 +1,155 @@
+"""Video and text output: a streaming MP4 writer, a reader, and atomic text writes.
+
+Nothing here is written under its final name until it is complete: the writer encodes into
+``<path>.partial`` and renames it to ``path`` only on a normal ``close()``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from miga.errors import MigaError
+
+
+def _check_parent(path: str) -> None:
+    parent = os.path.dirname(path) or "."
+    if not os.path.isdir(parent):
+        raise MigaError(f"cannot write {path}: directory {parent} does not exist")
+
+
+class VideoWriter:
+    """Streaming H.264 MP4 writer: each frame is encoded as it arrives.
+
+    Frames are ``uint8`` arrays of shape ``[H, W, 3]`` (RGB); the size is fixed by the first frame and
+    odd sizes are padded to even by repeating the last row/column. Used as a context manager it
+    finishes the file on normal exit and leaves only ``<path>.partial`` behind on an exception.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float, crf: int = 18):
+        self.path = os.fspath(path)
+        self.partial_path = self.path + ".partial"
+        _check_parent(self.path)
+        if not (np.isfinite(fps) and fps > 0):
+            raise MigaError(f"cannot write {self.path}: fps must be a positive number (got {fps})")
+        self.fps = fps
+        self.crf = crf
+        self._rate = Fraction(fps).limit_denominator(10_000)
+        self._container = None
+        self._stream = None
+        self._shape: tuple[int, int] | None = None
+        self._frames = 0
+        self._state = "open"  # open -> closed | aborted
+
+    @property
+    def frames_written(self) -> int:
+        """Number of frames handed to the encoder so far."""
+        return self._frames
+
+    def _open(self, height: int, width: int) -> None:
+        try:
+            self._container = av.open(self.partial_path, mode="w", format="mp4")
+        except OSError as e:
+            raise MigaError(f"cannot write {self.path}: {e}") from e
+        stream = self._container.add_stream("libx264", rate=self._rate)
+        stream.width, stream.height = width + width % 2, height + height % 2
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = 1 / self._rate
+        stream.options = {"crf": str(self.crf)}
+        self._stream = stream
+        self._container.start_encoding()  # write the header now, so the .partial file exists
+
+    def write(self, frame: np.ndarray) -> None:
+        """Encode one ``uint8 [H, W, 3]`` frame."""
+        if self._state != "open":
+            raise ValueError(f"VideoWriter for {self.path} is already {self._state}")
+        if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            desc = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
+            raise ValueError(f"frames must be uint8 arrays of shape [H, W, 3], got {desc}")
+        h, w = frame.shape[:2]
+        if self._shape is None:
+            self._open(h, w)
+            self._shape = (h, w)
+        elif (h, w) != self._shape:
+            raise ValueError(f"frame size {h}x{w} differs from the first frame's {self._shape[0]}x{self._shape[1]}")
+        if h % 2 or w % 2:
+            frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        vf.pts = self._frames
+        vf.time_base = self._stream.codec_context.time_base
+        self._container.mux(self._stream.encode(vf))
+        self._frames += 1
+
+    def close(self) -> None:
+        """Flush the encoder, finish the file and rename it to its final path."""
+        if self._state == "closed":
+            return
+        if self._state == "aborted":
+            raise ValueError(f"VideoWriter for {self.path} was aborted")
+        if self._container is None:
+            self._state = "aborted"
+            raise ValueError(f"no frames were written to {self.path}")
+        try:
+            self._container.mux(self._stream.encode(None))
+            self._container.close()
+            self._container = None
+            os.replace(self.partial_path, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self._state = "closed"
+
+    def abort(self) -> None:
+        """Stop writing and leave whatever was written as ``<path>.partial``. Never raises."""
+        if self._state == "open":
+            self._state = "aborted"
+        container, self._container = self._container, None
+        if container is not None:
+            try:
+                container.close()
+            except Exception:
+                pass
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False
+
+
+def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
+    """Decode every frame of a video: returns ``(uint8 [N, H, W, 3] RGB, fps)``."""
+    with av.open(os.fspath(path)) as container:
+        stream = container.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        rate = stream.average_rate or stream.guessed_rate
+        fps = float(rate) if rate else 0.0
+    if not frames:
+        return np.zeros((0, stream.height or 0, stream.width or 0, 3), np.uint8), fps
+    return np.stack(frames), fps
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to a temporary file next to ``path``, then rename it over ``path``."""
+    path = os.fspath(path)
+    _check_parent(path)
+    directory, name = os.path.split(path)
+    fd, tmp = tempfile.mkstemp(dir=directory or ".", prefix=f".{name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
