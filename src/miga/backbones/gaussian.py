@@ -98,9 +98,9 @@ class GaussianWorld:
         power = (k2.double() + k0**2) ** (-beta)
         self.spectrum = (power / power.mean()).reshape(h, w).to(self.device)
         # Many frequencies share |k|²: gains are solved once per distinct value, then gathered.
-        k2_unique, self._inverse = torch.unique(k2, return_inverse=True)
-        p_unique = (k2_unique.double() + k0**2) ** (-beta) / power.mean()
-        self._p_unique, self._inverse = p_unique.to(self.device), self._inverse.to(self.device)
+        k2_unique, inverse = torch.unique(k2, return_inverse=True)
+        self._p_unique = ((k2_unique.double() + k0**2) ** (-beta) / power.mean()).to(self.device)
+        self._inverse = inverse.to(self.device)
         self._gains: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self.colours = _PALETTE[:, torch.arange(channels) % 4] * min(1.0, (4 / channels) ** 0.5)
 
@@ -124,14 +124,14 @@ class GaussianWorld:
     # ----------------------------------------------------------------------------------- backbone
 
     def encode_prompt(self, text: str) -> torch.Tensor:
-        """Per-channel prior mean in [-0.8, 0.8] hashed from ``text``; ``""`` gives zeros."""
+        """Per-channel prior mean in [-2, 2] hashed from ``text`` (it sets the video's colours); ``""`` gives zeros."""
         if not text:
             return torch.zeros(self.channels, dtype=torch.float64, device=self.device)
         vals = [
             int.from_bytes(hashlib.blake2b(f"{c}:{text}".encode(), digest_size=8).digest(), "little") / 2**64
             for c in range(self.channels)
         ]
-        return (torch.tensor(vals, dtype=torch.float64, device=self.device) * 1.6 - 0.8)
+        return torch.tensor(vals, dtype=torch.float64, device=self.device) * 4.0 - 2.0
 
     def predict(self, latents: torch.Tensor, levels: NoiseLevels, conds: Sequence[torch.Tensor]) -> torch.Tensor:
         """Exact posterior mean ``E[x0 | latents]`` for ``[B, C, F, H, W]`` with per-frame levels."""

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Callable, Iterator
 
 from miga.config import MIGAConfig
 from miga.engine.reflection import SelfReflection
@@ -73,8 +73,12 @@ class Stage2Stream(Stage2Batch):
 
 
 def miga_latents(stepper: WindowStepper, cfg: MIGAConfig, native_frames: int, num_latents: int,
-                 stats: Stats) -> Iterator[Slot]:
-    """Yield ``num_latents`` finished latents in order (Alg. 4 then Alg. 5, Stage 2 streamed or batched)."""
+                 stats: Stats, on_pass: Callable[[list[Slot]], None] | None = None) -> Iterator[Slot]:
+    """Yield ``num_latents`` finished latents in order (Alg. 4 then Alg. 5, Stage 2 streamed or batched).
+
+    ``on_pass``, if given, sees the Stage-1 queue after every pass (and self-reflection), before the head
+    chunk leaves it.
+    """
     sch, noise = stepper.schedule, stepper.noise
     f0, T, L, K2 = native_frames, sch.top, cfg.zigzag_width, cfg.stage2_steps
     m, s = cfg.guides, cfg.stride
@@ -136,6 +140,8 @@ def miga_latents(stepper: WindowStepper, cfg: MIGAConfig, native_frames: int, nu
         stage1_pass(offset)
         if reflect is not None and (cfg.reflect_during == "all" or filling):
             reflect(queue)
+        if on_pass is not None:
+            on_pass(queue)
         if queue[0].level == K2:  # the head chunk has run its T - K2 Stage-1 steps
             chunk, queue = queue[:L], queue[L:]
             emitted += 1

@@ -1,0 +1,5 @@
+import sys
+
+from miga.cli import main
+
+sys.exit(main())

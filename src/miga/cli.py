@@ -1,0 +1,202 @@
+"""The ``miga`` command: a thin layer over :class:`miga.pipeline.LongVideo`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from dataclasses import asdict
+
+from miga.errors import MigaError
+
+METHODS = ("miga", "fifo")
+MIGA_ONLY = {  # flag -> config field; refused with --method fifo
+    "zigzag_width": "--zigzag-width", "stage2_steps": "--stage2-steps", "guides": "--guides",
+    "reflection_threshold": "--reflection-threshold", "stride": "--stride", "stage2_mode": "--stage2-mode",
+    "guide_selection": "--guide-selection",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, status 2, no usage dump
+        self.exit(2, f"miga: error: {message} (see 'miga {self.prog.split()[-1]} --help')\n"
+                  if " " in self.prog else f"miga: error: {message}\n")
+
+
+def _positive(kind=int):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+        return value
+    return parse
+
+
+def _nonneg(kind=int):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="miga", description="Training-free long video generation with MIGA and FIFO-Diffusion.")
+    parser.add_argument("--version", action="version", version=f"miga {_version()}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, required=True)
+    g = sub.add_parser("generate", help="generate a long video", description=(
+        "Generate a long video. Frames are written as they finish; the file gets its final name only when "
+        "the run completes."))
+    g.add_argument("prompt", nargs="?", help="the prompt (or use --prompt / --prompts)")
+    g.add_argument("--prompt", dest="prompt_list", action="append", default=[], metavar="TEXT",
+                   help="a prompt; repeat it for prompts that follow each other, evenly split along the video")
+    g.add_argument("--prompts", metavar="FILE", help="a prompt schedule file: one prompt per line, optionally "
+                   "'FRAME: prompt' to say where each starts (see README)")
+    g.add_argument("--model", default="gaussian", help="gaussian (exact Gaussian world), gaussian-clip "
+                   "(the same, denoised like a one-level foundation model)")
+    g.add_argument("--method", choices=METHODS, default="miga")
+    g.add_argument("--preset", help="paper preset: videocrafter2, wan2.1, gaussian (default: the model's)")
+    g.add_argument("--frames", type=_positive(), default=128, metavar="N", help="output frames (default 128)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", default="miga.mp4", metavar="FILE.mp4", help="output video (default miga.mp4)")
+    g.add_argument("--stats", metavar="FILE.json", help="write run statistics as JSON")
+    g.add_argument("--steps", type=_positive(), metavar="T", help="denoising steps T (FIFO: a multiple of f_0)")
+    g.add_argument("--height", type=_positive(), help="frame height in pixels")
+    g.add_argument("--width", type=_positive(), help="frame width in pixels")
+    g.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale")
+    g.add_argument("--zigzag-width", type=_positive(), metavar="L", help="L_zig; 1 gives FIFO's ladder")
+    g.add_argument("--stage2-steps", type=_nonneg(), metavar="K2", help="K2; 0 disables Stage 2")
+    g.add_argument("--guides", type=_nonneg(), metavar="M", help="m_guid; 0 disables long-range guidance")
+    g.add_argument("--stride", type=_positive(), metavar="S", help="sliding-window stride s")
+    g.add_argument("--guide-selection", choices=("uniform", "nearest"))
+    g.add_argument("--stage2-mode", choices=("stream", "batch"))
+    g.add_argument("--reflection-threshold", type=_nonneg(float), metavar="D", help="delta_adju")
+    g.add_argument("--no-reflection", action="store_true", help="disable self-reflection")
+    g.add_argument("--window-batch", type=_positive(), metavar="B", help="windows per model call where allowed")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("miga-video")
+    except Exception:  # pragma: no cover - running from a source tree
+        return "unknown"
+
+
+def _config(args, backbone):
+    from miga.config import FIFOConfig, preset
+
+    cfg = preset(args.preset or backbone.default_preset, args.method)
+    common = dict(guidance_scale=args.guidance_scale, window_batch=args.window_batch)
+    if isinstance(cfg, FIFOConfig):
+        given = [flag for field, flag in MIGA_ONLY.items() if getattr(args, field) is not None]
+        if args.no_reflection:
+            given.append("--no-reflection")
+        if given:
+            raise MigaError(f"{', '.join(given)} only apply to --method miga")
+        if args.steps is not None:
+            f0 = backbone.native_frames
+            if args.steps % f0:
+                raise MigaError(f"FIFO needs --steps to be a multiple of the model window f_0={f0} (T = f_0 * n); "
+                                f"got {args.steps}")
+            common["partitions"] = args.steps // f0
+        return cfg.with_(**common)
+    fields = {field: getattr(args, field) for field in MIGA_ONLY}
+    cfg = cfg.with_(steps=args.steps, **fields, **common)
+    if args.no_reflection:
+        cfg = cfg.with_(reflection=False)
+    return cfg
+
+
+def _prompts(args):
+    from miga.engine.prompts import PromptSchedule, parse_prompt_file
+
+    given = [p for p in [args.prompt] + args.prompt_list if p is not None]
+    if args.prompts and given:
+        raise MigaError("give prompts either as text or with --prompts FILE, not both")
+    if args.prompts:
+        try:
+            with open(args.prompts, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise MigaError(f"cannot read prompt file {args.prompts}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise MigaError(f"prompt file {args.prompts} is not UTF-8 text") from None
+        return parse_prompt_file(text, args.frames, source=args.prompts)
+    if not given:
+        raise MigaError("no prompt given; pass one, e.g. miga generate \"a red circle bouncing\"")
+    if any(not p.strip() for p in given):
+        raise MigaError("a prompt is empty; give a non-empty prompt text")
+    return PromptSchedule.even(given, args.frames) if len(given) > 1 else PromptSchedule.single(given[0])
+
+
+def generate(args) -> int:
+    from tqdm import tqdm
+
+    from miga.pipeline import LongVideo, load_backbone
+    from miga.video import VideoWriter, atomic_write_text
+
+    t0 = time.perf_counter()
+    if not args.out.lower().endswith(".mp4"):
+        raise MigaError(f"--out must name an .mp4 file, got {args.out}")
+    for path in (args.out, args.stats):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise MigaError(f"cannot write {path}: directory {os.path.dirname(os.path.abspath(path))} does not exist")
+    prompts = _prompts(args)
+    backbone = load_backbone(args.model, height=args.height, width=args.width)
+    config = _config(args, backbone)
+    video = LongVideo(backbone, prompts, args.frames, config, seed=args.seed)
+    bar = tqdm(total=args.frames, unit="frame", desc=f"{args.method} {backbone.name}", disable=args.no_progress,
+               dynamic_ncols=True)
+    try:
+        with VideoWriter(args.out, backbone.fps) as writer:
+            for frame in video.frames():
+                writer.write(frame)
+                bar.update(1)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"miga: interrupted; the unfinished video is {args.out}.partial", file=sys.stderr)
+        return 130
+    bar.close()
+    total = time.perf_counter() - t0
+    if args.stats:
+        s = video.stats
+        stats = {
+            "frames": args.frames, "latents": video.num_latents, "nfe": s.nfe,
+            "nfe_per_frame": s.nfe / args.frames, "model_seconds": s.model_seconds, "total_seconds": total,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "reflection_checks": s.reflection_checks, "reflection_triggers": s.reflection_triggers,
+            "reflection_adoptions": s.reflection_adoptions, "method": args.method, "model": args.model,
+            "seed": args.seed, "config": asdict(config),
+        }
+        atomic_write_text(args.stats, json.dumps(stats, indent=2) + "\n")
+    print(f"wrote {args.out}: {args.frames} frames, {video.stats.nfe} model calls, {total:.1f} s", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "generate":
+            return generate(args)
+    except MigaError as exc:
+        print(f"miga: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
