@@ -261,7 +261,8 @@ def test_window_prompt_follows_its_first_latent(world, cfg):
 
     def spy(jobs):
         for job in jobs:
-            first = job.slots[cfg.guides if isinstance(cfg, MIGAConfig) and job.targets[0] >= cfg.guides else 0]
+            guided = job.purpose == "stage1" and isinstance(cfg, MIGAConfig) and job.targets[0] >= cfg.guides
+            first = job.slots[cfg.guides if guided else 0]
             seen.append((max(first.index, 0), stepper.prompt_index(job.prompt_at)))
         return orig(jobs)
 
