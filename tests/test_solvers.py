@@ -16,6 +16,15 @@ def toy_model(x: torch.Tensor, level: int) -> torch.Tensor:
     return torch.tanh(0.7 * x + 0.01 * level) + 0.1 * torch.sin(x * 3.0)
 
 
+def run_reference(ref, x, T):
+    """Step diffusers' scheduler ``ref`` over its timesteps; return the trajectory."""
+    traj = []
+    for i, t in enumerate(ref.timesteps):
+        x = ref.step(toy_model(x, T - i), t, x).prev_sample
+        traj.append(x)
+    return traj
+
+
 def run_ours(solver, schedule, x, prediction, noises=None, start_level=None):
     """Step one frame from ``start_level`` to 0; return the trajectory."""
     level = schedule.top if start_level is None else start_level
@@ -65,10 +74,8 @@ def test_unipc_flow_matches_diffusers(shift, T):
                                rtol=1e-6, atol=1e-7)
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
     ours = run_ours(UniPC(sch), sch, x.clone(), "flow")
-    y = x.clone()
-    for i, t in enumerate(ref.timesteps):
-        y = ref.step(toy_model(y, T - i), t, y).prev_sample
-        torch.testing.assert_close(ours[i], y, rtol=1e-4, atol=1e-5)
+    for a, b in zip(ours, run_reference(ref, x.clone(), T), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_unipc_epsilon_ddpm_matches_diffusers():
@@ -91,10 +98,8 @@ def test_unipc_epsilon_ddpm_matches_diffusers():
     sch.log_snr = [math.inf] + [math.log(a) - math.log(s) for a, s in zip(sch.alphas[1:], sch.sigmas[1:])]
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2))
     ours = run_ours(UniPC(sch), sch, x.clone(), "epsilon")
-    y = x.clone()
-    for i, t in enumerate(ref.timesteps):
-        y = ref.step(toy_model(y, T - i), t, y).prev_sample
-        torch.testing.assert_close(ours[i], y, rtol=1e-4, atol=1e-4)
+    for a, b in zip(ours, run_reference(ref, x.clone(), T), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_euler_flow_matches_closed_form():

@@ -26,28 +26,24 @@ class _Parser(argparse.ArgumentParser):
                   if " " in self.prog else f"miga: error: {message}\n")
 
 
-def _positive(kind=int):
+def _number(kind=int, minimum=1):
+    """An argparse type: a ``kind`` number >= ``minimum``."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
         return value
     return parse
+
+
+_positive = _number
 
 
 def _nonneg(kind=int):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-        return value
-    return parse
+    return _number(kind, 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
