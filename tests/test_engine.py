@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 
-from miga import FIFOConfig, LongVideo, MIGAConfig, load_backbone, preset
+from miga import FIFOConfig, LongVideo, MIGAConfig, load_backbone
 from miga.engine.miga import miga_latents
 from miga.engine.reflection import SelfReflection, consistency_score
 from miga.engine.stepper import Slot, Stats
@@ -271,3 +271,19 @@ def test_window_prompt_follows_its_first_latent(world, cfg):
     list(video.latents())
     assert {p for _, p in seen} == {0, 1}
     assert all(p == (1 if i >= 30 else 0) for i, p in seen)
+
+
+def test_engine_imports_no_model_code():
+    """architecture.md: no arrow from engine/ to backbones/, diffusers or transformers."""
+    import ast
+    import pathlib
+
+    import miga.engine
+
+    for path in pathlib.Path(miga.engine.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                assert not name.startswith(("miga.backbones", "diffusers", "transformers", "miga.cli")), \
+                    f"{path.name} imports {name}"

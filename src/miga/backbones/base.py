@@ -7,13 +7,14 @@ once, and hands finished latents to a streaming :class:`FrameDecoder`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Literal, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
 
-from miga.engine.schedules import ScheduleConfig
+from miga.engine.schedules import NoiseLevels, ScheduleConfig
+
+__all__ = ["Backbone", "FrameDecoder", "NoiseLevels", "Prediction"]
 
 Prediction = Literal["epsilon", "flow", "x0"]
 """What a backbone's ``predict`` returns.
@@ -22,23 +23,6 @@ Prediction = Literal["epsilon", "flow", "x0"]
 - ``flow``: the velocity ``v = ε − x0`` of rectified flow, ``x = (1−σ)·x0 + σ·ε`` (Wan style).
 - ``x0``: the clean latent itself.
 """
-
-
-@dataclass(frozen=True)
-class NoiseLevels:
-    """Per-frame noise of one window, all tensors of shape ``[B, F]`` (float64 on CPU).
-
-    ``timesteps`` are in the model's own units (DDPM: integer t in [0, 999]; flow: σ·1000);
-    ``alphas``/``sigmas`` give the forward process ``x = α·x0 + σ·ε`` of each frame.
-    """
-
-    timesteps: torch.Tensor
-    alphas: torch.Tensor
-    sigmas: torch.Tensor
-
-    def __post_init__(self) -> None:
-        if not (self.timesteps.shape == self.alphas.shape == self.sigmas.shape) or self.timesteps.ndim != 2:
-            raise ValueError("NoiseLevels tensors must all have shape [B, F]")
 
 
 @runtime_checkable

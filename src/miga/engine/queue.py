@@ -1,14 +1,24 @@
-"""The latent queue's building blocks (re-exported for a newcomer looking for "the queue").
+"""The latent queue's element. A queue is a plain list of :class:`Slot`, head (least noisy) first;
+FIFO's queue is built and advanced in :mod:`miga.engine.fifo`, MIGA's zigzag queue (Eq. 3) in
+:mod:`miga.engine.miga`."""
 
-A queue is a plain list of :class:`~miga.engine.stepper.Slot`, head (least noisy) first. FIFO's queue is
-built and advanced in :mod:`miga.engine.fifo`; MIGA's zigzag queue (Eq. 3) in :mod:`miga.engine.miga`.
-"""
+from __future__ import annotations
 
-from miga.engine.stepper import Slot
+from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["Slot", "levels_of"]
+import torch
 
 
-def levels_of(queue: list[Slot]) -> list[int]:
-    """The level of every latent, head first (non-decreasing along a well-formed queue)."""
-    return [s.level for s in queue]
+@dataclass
+class Slot:
+    """One latent in the queue: where it sits in the output (``index``; negative for warm-up and
+    padding latents), its tensor ``[C, H, W]``, its level (0 = clean) and its solver history."""
+
+    index: int
+    latent: torch.Tensor
+    level: int
+    state: Any = None
+
+    def copy(self) -> "Slot":
+        return Slot(self.index, self.latent, self.level, self.state)

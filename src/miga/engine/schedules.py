@@ -48,6 +48,23 @@ class ScheduleConfig:
     shift: float = 1.0
 
 
+@dataclass(frozen=True)
+class NoiseLevels:
+    """Per-frame noise of one window, all tensors of shape ``[B, F]`` (float64 on CPU).
+
+    ``timesteps`` are in the model's own units (DDPM: integer t in [0, 999]; flow: σ·1000);
+    ``alphas``/``sigmas`` give the forward process ``x = α·x0 + σ·ε`` of each frame.
+    """
+
+    timesteps: torch.Tensor
+    alphas: torch.Tensor
+    sigmas: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if not (self.timesteps.shape == self.alphas.shape == self.sigmas.shape) or self.timesteps.ndim != 2:
+            raise ValueError("NoiseLevels tensors must all have shape [B, F]")
+
+
 class Schedule:
     """A T-step ladder of levels: ``timesteps[k]``, ``alphas[k]``, ``sigmas[k]`` for k = 0..T.
 
@@ -77,10 +94,8 @@ class Schedule:
         """The noisiest level, where sampling starts (= T)."""
         return self.steps
 
-    def noise_levels(self, levels: Sequence[Sequence[int]]) -> "NoiseLevels":
+    def noise_levels(self, levels: Sequence[Sequence[int]]) -> NoiseLevels:
         """Per-frame timesteps/alphas/sigmas ``[B, F]`` for a batch of windows' level lists."""
-        from miga.backbones.base import NoiseLevels  # the dataclass only; no backbone code
-
         t = torch.tensor([[self.timesteps[k] for k in row] for row in levels], dtype=torch.float64)
         a = torch.tensor([[self.alphas[k] for k in row] for row in levels], dtype=torch.float64)
         s = torch.tensor([[self.sigmas[k] for k in row] for row in levels], dtype=torch.float64)

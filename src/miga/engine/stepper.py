@@ -9,23 +9,10 @@ from typing import Any, Sequence
 
 import torch
 
+from miga.engine.queue import Slot
 from miga.engine.rng import KeyedNoise
 from miga.engine.schedules import Schedule
 from miga.engine.solvers import to_denoised
-
-
-@dataclass
-class Slot:
-    """One latent in the queue: where it sits in the output (``index``; negative for warm-up and
-    padding latents), its tensor ``[C, H, W]``, its level (0 = clean) and its solver history."""
-
-    index: int
-    latent: torch.Tensor
-    level: int
-    state: Any = None
-
-    def copy(self) -> "Slot":
-        return Slot(self.index, self.latent, self.level, self.state)
 
 
 @dataclass
