@@ -39,13 +39,6 @@ def _number(kind=int, minimum=1):
     return parse
 
 
-_positive = _number
-
-
-def _nonneg(kind=int):
-    return _number(kind, 0)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="miga", description="Training-free long video generation with MIGA and FIFO-Diffusion.")
     parser.add_argument("--version", action="version", version=f"miga {_version()}")
@@ -62,23 +55,23 @@ def build_parser() -> argparse.ArgumentParser:
                    "(the same, denoised like a one-level foundation model)")
     g.add_argument("--method", choices=METHODS, default="miga")
     g.add_argument("--preset", help="paper preset: videocrafter2, wan2.1, gaussian (default: the model's)")
-    g.add_argument("--frames", type=_positive(), default=128, metavar="N", help="output frames (default 128)")
+    g.add_argument("--frames", type=_number(), default=128, metavar="N", help="output frames (default 128)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", default="miga.mp4", metavar="FILE.mp4", help="output video (default miga.mp4)")
     g.add_argument("--stats", metavar="FILE.json", help="write run statistics as JSON")
-    g.add_argument("--steps", type=_positive(), metavar="T", help="denoising steps T (FIFO: a multiple of f_0)")
-    g.add_argument("--height", type=_positive(), help="frame height in pixels")
-    g.add_argument("--width", type=_positive(), help="frame width in pixels")
+    g.add_argument("--steps", type=_number(), metavar="T", help="denoising steps T (FIFO: a multiple of f_0)")
+    g.add_argument("--height", type=_number(), help="frame height in pixels")
+    g.add_argument("--width", type=_number(), help="frame width in pixels")
     g.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale")
-    g.add_argument("--zigzag-width", type=_positive(), metavar="L", help="L_zig; 1 gives FIFO's ladder")
-    g.add_argument("--stage2-steps", type=_nonneg(), metavar="K2", help="K2; 0 disables Stage 2")
-    g.add_argument("--guides", type=_nonneg(), metavar="M", help="m_guid; 0 disables long-range guidance")
-    g.add_argument("--stride", type=_positive(), metavar="S", help="sliding-window stride s")
+    g.add_argument("--zigzag-width", type=_number(), metavar="L", help="L_zig; 1 gives FIFO's ladder")
+    g.add_argument("--stage2-steps", type=_number(minimum=0), metavar="K2", help="K2; 0 disables Stage 2")
+    g.add_argument("--guides", type=_number(minimum=0), metavar="M", help="m_guid; 0 disables long-range guidance")
+    g.add_argument("--stride", type=_number(), metavar="S", help="sliding-window stride s")
     g.add_argument("--guide-selection", choices=("uniform", "nearest"))
     g.add_argument("--stage2-mode", choices=("stream", "batch"))
-    g.add_argument("--reflection-threshold", type=_nonneg(float), metavar="D", help="delta_adju")
+    g.add_argument("--reflection-threshold", type=_number(float, 0), metavar="D", help="delta_adju")
     g.add_argument("--no-reflection", action="store_true", help="disable self-reflection")
-    g.add_argument("--window-batch", type=_positive(), metavar="B", help="windows per model call where allowed")
+    g.add_argument("--window-batch", type=_number(), metavar="B", help="windows per model call where allowed")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -118,7 +111,8 @@ def _config(args, backbone):
 
 
 def _prompts(args):
-    from miga.engine.prompts import PromptSchedule, parse_prompt_file
+    from miga.engine.prompts import parse_prompt_file
+    from miga.pipeline import prompt_schedule
 
     given = [p for p in [args.prompt] + args.prompt_list if p is not None]
     if args.prompts and given:
@@ -134,9 +128,7 @@ def _prompts(args):
         return parse_prompt_file(text, args.frames, source=args.prompts)
     if not given:
         raise MigaError("no prompt given; pass one, e.g. miga generate \"a red circle bouncing\"")
-    if any(not p.strip() for p in given):
-        raise MigaError("a prompt is empty; give a non-empty prompt text")
-    return PromptSchedule.even(given, args.frames) if len(given) > 1 else PromptSchedule.single(given[0])
+    return prompt_schedule(given, args.frames)
 
 
 def generate(args) -> int:

@@ -43,7 +43,8 @@ def load_backbone(model: str = "gaussian", *, height: int | None = None, width: 
     raise MigaError(f"unknown model {model!r}; choose one of: {', '.join(BUILTIN_MODELS)}")
 
 
-def _as_schedule(prompts: PromptSchedule | str | Sequence[str], num_frames: int) -> PromptSchedule:
+def prompt_schedule(prompts: PromptSchedule | str | Sequence[str], num_frames: int) -> PromptSchedule:
+    """One prompt, several (split evenly along the video, rule A3) or a schedule as it is."""
     if isinstance(prompts, PromptSchedule):
         return prompts
     if isinstance(prompts, str):
@@ -73,7 +74,7 @@ class LongVideo:
         self.num_frames = num_frames
         self.config = config if config is not None else preset(backbone.default_preset, "miga")
         self.config.validate(backbone.native_frames)
-        self.prompts = _as_schedule(prompts, num_frames)
+        self.prompts = prompt_schedule(prompts, num_frames)
         self.num_latents = math.ceil(num_frames / backbone.frames_per_latent)
         self.seed = int(seed)
         self.stats = Stats()
