@@ -100,6 +100,11 @@ class FIFOConfig(_SamplingFields):
         """FIFO on the exact Gaussian world: n = 2 (T = 32), UniPC-2, no guidance."""
         return cls(partitions=2, solver="unipc", guidance_scale=1.0)
 
+    @classmethod
+    def shapes(cls) -> "FIFOConfig":
+        """FIFO on the built-in shapes model: n = 2 (T = 32), flow UniPC-2, CFG 3."""
+        return cls(partitions=2, solver="unipc", guidance_scale=3.0)
+
 
 @dataclass(frozen=True)
 class MIGAConfig(_SamplingFields):
@@ -212,11 +217,17 @@ class MIGAConfig(_SamplingFields):
                    reflection_samples=3, reflection_judge_steps=8, reflection_ref_chunks=2,
                    solver="unipc", eta=0.0, guidance_scale=1.0)
 
+    @classmethod
+    def shapes(cls) -> "MIGAConfig":
+        """The built-in shapes model (f_0 = 16): the Gaussian world's numbers with CFG 3."""
+        return cls.gaussian().with_(guidance_scale=3.0)
+
 
 PRESETS = {
     "videocrafter2": (MIGAConfig.videocrafter2, FIFOConfig.videocrafter2),
     "wan2.1": (MIGAConfig.wan21, FIFOConfig.wan21),
     "gaussian": (MIGAConfig.gaussian, FIFOConfig.gaussian),
+    "shapes": (MIGAConfig.shapes, FIFOConfig.shapes),
 }
 
 

@@ -24,17 +24,24 @@ from miga.engine.prompts import PromptSchedule
 from miga.engine.rng import KeyedNoise
 from miga.engine.schedules import Schedule
 from miga.engine.solvers import make_solver
-from miga.engine.stepper import Stats, WindowStepper
+from miga.engine.stepper import Stats, WindowStepper, sample_clip
 from miga.errors import MigaError
 
-BUILTIN_MODELS = ("gaussian", "gaussian-clip")
+BUILTIN_MODELS = ("shapes", "gaussian", "gaussian-clip")
 
 
-def load_backbone(model: str = "gaussian", *, height: int | None = None, width: int | None = None,
+def load_backbone(model: str = "shapes", *, height: int | None = None, width: int | None = None,
                   device: str = "cpu", **kwargs: Any) -> Backbone:
-    """A backbone by name: ``gaussian`` (the exact Gaussian video world) or ``gaussian-clip`` (the same
-    world denoised like a foundation model trained on one noise level per clip)."""
+    """A backbone by name: ``shapes`` (the built-in shapes-world model; a path to a ``.safetensors`` file
+    from ``miga train-toy`` loads other weights for it), ``gaussian`` (the exact Gaussian video world) or
+    ``gaussian-clip`` (the same world denoised like a foundation model trained on one noise level per clip)."""
     size = {k: v for k, v in (("height", height), ("width", width)) if v is not None}
+    if model == "shapes" or model.endswith(".safetensors"):
+        from miga.backbones.shapes import ShapesModel
+
+        if size and size != {"height": 64, "width": 64}:
+            raise MigaError("the shapes model makes 64x64 frames; leave out --height/--width")
+        return ShapesModel(None if model == "shapes" else model, device=device, **kwargs)
     if model in ("gaussian", "gaussian-clip"):
         from miga.backbones.gaussian import GaussianWorld
 
@@ -131,3 +138,17 @@ class LongVideo:
             if count < self.num_frames:
                 count += 1
                 yield frame
+
+
+def native_clip(backbone: Backbone, prompt: str, *, seed: int = 0,
+                config: MIGAConfig | FIFOConfig | None = None) -> list[np.ndarray]:
+    """Plain (not long) sampling: one clip of the model's own length f_0, every frame at one noise level
+    (Eq. 1), with the solver, steps and guidance of ``config`` (default: the backbone's MIGA preset).
+    The reference the long-video methods are compared with."""
+    video = LongVideo(backbone, prompt, backbone.native_frames * backbone.frames_per_latent, config, seed)
+    decoder = backbone.decoder()
+    frames: list[np.ndarray] = []
+    for slot in sample_clip(video._stepper(), backbone.native_frames, purpose="native"):
+        frames += decoder.push(slot.latent)
+    return frames + decoder.flush()
+

@@ -1,0 +1,115 @@
+"""The built-in model: a tiny text-to-video model of the shapes world, trained by us (``miga train-toy``).
+
+Its weights ship inside the package (``miga/weights/shapes.safetensors``); the file's SHA-256 is checked
+on load. Prompts follow the shapes grammar (``miga.worlds.shapes``); anything else is refused with the
+vocabulary. The denoiser predicts the rectified-flow velocity and accepts one timestep per frame although
+it was trained with one per clip, exactly the training-inference gap of Wan and VideoCrafter2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from importlib import resources
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from miga.backbones.base import NoiseLevels
+from miga.engine.schedules import ScheduleConfig
+from miga.errors import MigaError
+from miga.toy.nets import FrameAutoencoder, SpaceTimeDenoiser, ToyConfig
+from miga.worlds.shapes import parse_prompt
+
+WEIGHTS_FILE = "shapes.safetensors"
+WEIGHTS_SHA256 = ""
+"""SHA-256 of the shipped weights file (``tests/test_shapes_model.py`` checks it)."""
+
+
+def shipped_weights() -> str:
+    """Path of the weights file inside the installed package."""
+    return str(resources.files("miga") / "weights" / WEIGHTS_FILE)
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class ShapesDecoder:
+    """Streaming decoder: one latent in, one 64x64 frame out, through the autoencoder's decoder."""
+
+    def __init__(self, autoencoder: FrameAutoencoder):
+        self.autoencoder = autoencoder
+
+    @torch.no_grad()
+    def push(self, latent: torch.Tensor) -> list[np.ndarray]:
+        param = next(self.autoencoder.parameters())
+        rgb = self.autoencoder.decode(latent[None].to(param.device, param.dtype))[0]
+        return [(rgb.permute(1, 2, 0).float().cpu() * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()]
+
+    def flush(self) -> list[np.ndarray]:
+        return []
+
+
+class ShapesModel:
+    """Backbone over the shipped (or a given) shapes-world weights file."""
+
+    name = "shapes"
+    prediction = "flow"
+    default_preset = "shapes"
+    negative_prompt = ""
+    fps = 12
+    frames_per_latent = 1
+
+    def __init__(self, weights: str | None = None, *, device: str | torch.device = "cpu",
+                 verify: bool = True, shift: float = 1.0):
+        path = weights or shipped_weights()
+        if not os.path.isfile(path):
+            raise MigaError(f"weights file {path} not found; reinstall miga-video or run 'miga train-toy'")
+        if verify and weights is None and WEIGHTS_SHA256 and file_sha256(path) != WEIGHTS_SHA256:
+            raise MigaError(f"{path} is corrupt (SHA-256 mismatch); reinstall miga-video")
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        try:
+            with safe_open(path, "pt") as f:
+                meta = f.metadata() or {}
+            tensors = load_file(path)
+            if meta.get("format") != "miga-shapes-v1":
+                raise ValueError("not a miga shapes weights file")
+            cfg = ToyConfig.from_dict(json.loads(meta["model"]))
+        except Exception as e:  # noqa: BLE001 - one message for any unreadable file
+            raise MigaError(f"cannot load shapes weights {path}: {e}"[:300]) from None
+        self.config = cfg
+        self.training = json.loads(meta.get("training", "{}"))
+        self.device = torch.device(device)
+        self.autoencoder = FrameAutoencoder(cfg)
+        self.denoiser = SpaceTimeDenoiser(cfg)
+        for prefix, module in (("autoencoder.", self.autoencoder), ("denoiser.", self.denoiser)):
+            module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+            module.to(self.device).eval().requires_grad_(False)
+        self.native_frames = cfg.native_frames
+        self.latent_shape = (cfg.latent_channels, cfg.latent_size, cfg.latent_size)
+        self.default_schedule = ScheduleConfig(kind="flow", shift=shift)
+
+    def encode_prompt(self, text: str) -> torch.Tensor:
+        """Prompt codes ``[7]``; the empty prompt is the unconditional one (all zeros)."""
+        if not text.strip():
+            return torch.zeros(7, dtype=torch.long)
+        return torch.tensor(parse_prompt(text).tokens(), dtype=torch.long)
+
+    @torch.no_grad()
+    def predict(self, latents: torch.Tensor, levels: NoiseLevels, conds: Sequence[torch.Tensor]) -> torch.Tensor:
+        tokens = torch.stack(list(conds)).to(self.device)
+        out = self.denoiser(latents.to(self.device, torch.float32), levels.timesteps.to(self.device, torch.float32),
+                            tokens)
+        return out.to(latents.dtype)
+
+    def decoder(self) -> ShapesDecoder:
+        return ShapesDecoder(self.autoencoder)

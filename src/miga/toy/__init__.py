@@ -1,0 +1,1 @@
+"""The built-in model: its networks (``nets``) and how they are trained (``train``)."""

@@ -1,0 +1,163 @@
+"""The built-in model's two networks: a per-frame autoencoder and a space-time latent denoiser.
+
+Sizes follow real latent video models scaled down: frames of 3x64x64 pixels become latents of 4x8x8
+(an 8x spatial autoencoder, one latent per frame), and the denoiser sees a window of f_0 = 16 latents in
+which every frame carries its own timestep, as Wan and VideoCrafter2 do, although it is trained with one
+noise level per clip.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from miga.worlds.shapes import TOKEN_SIZES
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    """Architecture of the built-in model (stored with its weights)."""
+
+    frame_size: int = 64
+    latent_channels: int = 4
+    ae_widths: tuple[int, ...] = (32, 48, 64)
+    width: int = 96
+    depth: int = 6
+    embed: int = 128
+    native_frames: int = 16
+
+    @property
+    def latent_size(self) -> int:
+        return self.frame_size // 2 ** len(self.ae_widths)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ToyConfig":
+        d = dict(d)
+        d["ae_widths"] = tuple(d["ae_widths"])
+        return cls(**d)
+
+
+class FrameAutoencoder(nn.Module):
+    """3xSxS frames in [0, 1] <-> latents of ``latent_channels`` x S/8 x S/8, normalised per channel.
+
+    ``latent_mean``/``latent_std`` are measured after training, so that the denoiser sees unit-scale latents
+    (the role of SD's scaling factor).
+    """
+
+    def __init__(self, cfg: ToyConfig):
+        super().__init__()
+        w = cfg.ae_widths
+        enc: list[nn.Module] = [nn.Conv2d(3, w[0], 3, padding=1)]
+        prev = w[0]
+        for width in w:
+            enc += [nn.SiLU(), nn.Conv2d(prev, width, 4, stride=2, padding=1), nn.SiLU(),
+                    nn.Conv2d(width, width, 3, padding=1)]
+            prev = width
+        enc += [nn.SiLU(), nn.Conv2d(prev, cfg.latent_channels, 1)]
+        self.encoder = nn.Sequential(*enc)
+        dec: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, w[-1], 3, padding=1), nn.SiLU(),
+                                nn.Conv2d(w[-1], w[-1], 3, padding=1)]
+        prev = w[-1]
+        for width in reversed(w):
+            dec += [nn.SiLU(), nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(prev, width, 3, padding=1),
+                    nn.SiLU(), nn.Conv2d(width, width, 3, padding=1)]
+            prev = width
+        dec += [nn.SiLU(), nn.Conv2d(prev, 3, 3, padding=1)]
+        self.decoder = nn.Sequential(*dec)
+        self.register_buffer("latent_mean", torch.zeros(cfg.latent_channels))
+        self.register_buffer("latent_std", torch.ones(cfg.latent_channels))
+
+    def encode_raw(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.encoder(frames * 2 - 1)
+
+    def decode_raw(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.decoder(z))
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames ``[N, 3, S, S]`` in [0, 1] -> normalised latents ``[N, C, S/8, S/8]``."""
+        z = self.encode_raw(frames)
+        return (z - self.latent_mean[:, None, None]) / self.latent_std[:, None, None]
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents ``[N, C, h, w]`` -> frames ``[N, 3, S, S]`` in [0, 1]."""
+        z = latents * self.latent_std[:, None, None] + self.latent_mean[:, None, None]
+        return self.decode_raw(z)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of timesteps in [0, 1000] (any shape) -> ``[..., dim]``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    angles = t.float().unsqueeze(-1) * freqs
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+class FrameNorm(nn.Module):
+    """GroupNorm applied to each frame on its own, so frames at different noise levels do not mix
+    statistics (like Wan's per-token LayerNorm)."""
+
+    def __init__(self, channels: int, groups: int = 8):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, f, h, w = x.shape
+        y = self.norm(x.transpose(1, 2).reshape(b * f, c, h, w))
+        return y.reshape(b, f, c, h, w).transpose(1, 2)
+
+
+class SpaceTimeBlock(nn.Module):
+    """Per-frame FiLM from (timestep + prompt) embedding, a 3x3 spatial conv, a dilated temporal conv."""
+
+    def __init__(self, width: int, embed: int, dilation: int):
+        super().__init__()
+        self.norm1 = FrameNorm(width)
+        self.film = nn.Linear(embed, 2 * width)
+        self.spatial = nn.Conv3d(width, width, (1, 3, 3), padding=(0, 1, 1))
+        self.norm2 = FrameNorm(width)
+        self.temporal = nn.Conv3d(width, width, (3, 1, 1), padding=(dilation, 0, 0), dilation=(dilation, 1, 1))
+        nn.init.zeros_(self.temporal.weight)
+        nn.init.zeros_(self.temporal.bias)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.film(emb).transpose(1, 2)[..., None, None].chunk(2, dim=1)  # [B, W, F, 1, 1]
+        h = self.norm1(x) * (1 + scale) + shift
+        h = self.spatial(F.silu(h))
+        h = self.temporal(F.silu(self.norm2(h)))
+        return x + h
+
+
+class SpaceTimeDenoiser(nn.Module):
+    """Flow-matching velocity model over a window of latents ``[B, C, F, h, w]``.
+
+    Args of ``forward``: ``timesteps`` ``[B, F]`` in [0, 1000] (σ·1000), one per frame; ``tokens``
+    ``[B, 7]`` prompt codes from :meth:`miga.worlds.shapes.Scene.tokens` (all zero = unconditional).
+    """
+
+    def __init__(self, cfg: ToyConfig):
+        super().__init__()
+        c, w, e = cfg.latent_channels, cfg.width, cfg.embed
+        self.embed_dim = e
+        self.inp = nn.Conv3d(c, w, (1, 3, 3), padding=(0, 1, 1))
+        self.time = nn.Sequential(nn.Linear(e, e), nn.SiLU(), nn.Linear(e, e))
+        self.tokens = nn.ModuleList(nn.Embedding(n, e) for n in TOKEN_SIZES)
+        self.blocks = nn.ModuleList(SpaceTimeBlock(w, e, 1 + i % 2) for i in range(cfg.depth))
+        self.out_norm = FrameNorm(w)
+        self.out = nn.Conv3d(w, c, (1, 3, 3), padding=(0, 1, 1))
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        prompt = sum(table(tokens[:, i]) for i, table in enumerate(self.tokens))  # [B, E]
+        emb = F.silu(self.time(timestep_embedding(timesteps, self.embed_dim)) + prompt[:, None, :])  # [B, F, E]
+        h = self.inp(x)
+        for block in self.blocks:
+            h = block(h, emb)
+        return self.out(F.silu(self.out_norm(h)))

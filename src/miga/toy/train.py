@@ -1,0 +1,314 @@
+"""Training the built-in model from a seed: ``miga train-toy``.
+
+Two stages, like real latent video models: first the per-frame autoencoder, then the space-time denoiser
+on its latents, trained the way foundation video models are, with **one noise level per clip** (rectified
+flow, logit-normal σ). Clips are rendered on the fly from the shapes world; the data of step k is drawn
+from a generator keyed by (seed, stage, k), so a run that is stopped and resumed sees exactly the data of
+an uninterrupted one. Everything needed to continue lives in ``<run dir>/checkpoint.pt``, written
+atomically every ``checkpoint_every`` steps and when the run stops.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, fields, replace
+
+import torch
+import torch.nn.functional as F
+
+from miga.errors import MigaError
+from miga.toy.nets import FrameAutoencoder, SpaceTimeDenoiser, ToyConfig
+from miga.worlds.shapes import batch_tokens, render, sample_scenes, sample_trajectories
+
+CHECKPOINT = "checkpoint.pt"
+WEIGHTS = "shapes.safetensors"
+LOSS_PLOT = "loss.png"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training recipe. ``steps`` may grow between runs (resume continues to the new total); every other
+    field must stay as the run dir was started with.
+
+    Attributes:
+        seed: initial weights and the whole data stream derive from it.
+        ae_steps, ae_batch, ae_lr: autoencoder stage (batch counted in frames).
+        ae_latent_noise: Gaussian noise (times the latent std) added before decoding while training, so the
+            decoder tolerates imperfect latents from the denoiser.
+        steps, batch, lr, warmup: denoiser stage (batch counted in 16-frame clips); constant lr after a
+            linear warmup, so extending ``steps`` is safe.
+        ema: decay of the exponential moving average of the denoiser's weights (the shipped weights).
+        cond_dropout: probability of training a clip unconditionally (classifier-free guidance).
+        two_objects: fraction of scenes with two objects.
+        logit_normal_std: σ = sigmoid(N(0, std²)) per clip.
+        checkpoint_every: steps between checkpoints.
+    """
+
+    seed: int = 0
+    ae_steps: int = 800
+    ae_batch: int = 32
+    ae_lr: float = 2e-3
+    ae_latent_noise: float = 0.1
+    steps: int = 6000
+    batch: int = 16
+    lr: float = 6e-4
+    warmup: int = 200
+    ema: float = 0.999
+    cond_dropout: float = 0.1
+    two_objects: float = 0.25
+    logit_normal_std: float = 1.0
+    checkpoint_every: int = 200
+
+    def validate(self) -> "TrainConfig":
+        for f in ("ae_steps", "steps"):
+            if getattr(self, f) < 0:
+                raise MigaError(f"{f} must be >= 0, got {getattr(self, f)}")
+        for f in ("ae_batch", "batch", "checkpoint_every"):
+            if getattr(self, f) < 1:
+                raise MigaError(f"{f} must be >= 1, got {getattr(self, f)}")
+        return self
+
+
+def _key(seed: int, stage: str, step: int) -> torch.Generator:
+    """The data generator of one step (keyed, so resuming reproduces the stream)."""
+    code = {"ae": 1, "denoiser": 2, "stats": 3}[stage]
+    return torch.Generator().manual_seed((seed * 1_000_003 + code) * 10_000_019 + step)
+
+
+def world_clips(n: int, frames: int, g: torch.Generator, cfg: ToyConfig, two_objects: float):
+    """``n`` random clips ``[n, F, 3, S, S]`` and their prompt tokens ``[n, 7]``."""
+    scenes = sample_scenes(n, g, two_objects)
+    traj = sample_trajectories(scenes, frames, g, cfg.frame_size)
+    return render(scenes, traj, cfg.frame_size), batch_tokens(scenes)
+
+
+class ToyTrainer:
+    """State of one training run; ``run(...)`` advances it, checkpointing as it goes."""
+
+    def __init__(self, run_dir: str, train: TrainConfig, model: ToyConfig = ToyConfig()):
+        self.run_dir = run_dir
+        self.train = train.validate()
+        self.model_cfg = model
+        torch.manual_seed(train.seed)
+        self.ae = FrameAutoencoder(model)
+        self.denoiser = SpaceTimeDenoiser(model)
+        self.ema = {k: v.detach().clone() for k, v in self.denoiser.state_dict().items()}
+        self.ae_opt = torch.optim.AdamW(self.ae.parameters(), lr=train.ae_lr, weight_decay=0.0)
+        self.opt = torch.optim.AdamW(self.denoiser.parameters(), lr=train.lr, weight_decay=0.0)
+        self.ae_step = 0
+        self.step = 0
+        self.stats_done = False
+        self.history: dict[str, list[list[float]]] = {"ae": [], "denoiser": []}
+        self.seconds = 0.0
+
+    # -- persistence ---------------------------------------------------------------------------------
+
+    @property
+    def checkpoint_path(self) -> str:
+        return os.path.join(self.run_dir, CHECKPOINT)
+
+    def save(self) -> None:
+        state = {
+            "train": asdict(self.train), "model": self.model_cfg.to_dict(),
+            "ae": self.ae.state_dict(), "denoiser": self.denoiser.state_dict(), "ema": self.ema,
+            "ae_opt": self.ae_opt.state_dict(), "opt": self.opt.state_dict(),
+            "ae_step": self.ae_step, "step": self.step, "stats_done": self.stats_done,
+            "history": self.history, "seconds": self.seconds,
+        }
+        tmp = self.checkpoint_path + ".tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.checkpoint_path)
+
+    @classmethod
+    def resume(cls, run_dir: str, train: TrainConfig | None = None) -> "ToyTrainer":
+        """Continue the run in ``run_dir``; ``train`` may only change ``steps`` and ``checkpoint_every``."""
+        path = os.path.join(run_dir, CHECKPOINT)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            saved = TrainConfig(**state["train"])
+            model = ToyConfig.from_dict(state["model"])
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint gets one message
+            raise MigaError(f"cannot resume from {path}: {e.__class__.__name__}: {e}"[:300]) from None
+        if train is not None:
+            safe = {"steps", "checkpoint_every"}
+            changed = [f.name for f in fields(TrainConfig)
+                       if f.name not in safe and getattr(train, f.name) != getattr(saved, f.name)]
+            if changed:
+                raise MigaError(f"{run_dir} was trained with different {', '.join(changed)}; "
+                                "use the same settings or a new run dir")
+            saved = replace(saved, steps=train.steps, checkpoint_every=train.checkpoint_every)
+        self = cls(run_dir, saved, model)
+        self.ae.load_state_dict(state["ae"])
+        self.denoiser.load_state_dict(state["denoiser"])
+        self.ema = state["ema"]
+        self.ae_opt.load_state_dict(state["ae_opt"])
+        self.opt.load_state_dict(state["opt"])
+        self.ae_step, self.step, self.stats_done = state["ae_step"], state["step"], state["stats_done"]
+        self.history, self.seconds = state["history"], state["seconds"]
+        return self
+
+    # -- stages --------------------------------------------------------------------------------------
+
+    def ae_train_step(self) -> float:
+        t = self.train
+        g = _key(t.seed, "ae", self.ae_step)
+        clips, _ = world_clips(t.ae_batch, 1, g, self.model_cfg, t.two_objects)
+        frames = clips[:, 0]
+        z = self.ae.encode_raw(frames)
+        z_noisy = z + t.ae_latent_noise * z.detach().std() * torch.randn(z.shape, generator=g)
+        recon = self.ae.decode_raw(z_noisy)
+        loss = F.mse_loss(recon, frames) + 1e-4 * z.pow(2).mean()
+        self.ae_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.ae_opt.step()
+        self.ae_step += 1
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def measure_latent_stats(self) -> None:
+        """Per-channel mean and std of the autoencoder's latents over 512 world frames."""
+        g = _key(self.train.seed, "stats", 0)
+        clips, _ = world_clips(512, 1, g, self.model_cfg, self.train.two_objects)
+        z = self.ae.encode_raw(clips[:, 0])
+        self.ae.latent_mean.copy_(z.mean(dim=(0, 2, 3)))
+        self.ae.latent_std.copy_(z.std(dim=(0, 2, 3)))
+        self.stats_done = True
+
+    def denoiser_train_step(self) -> float:
+        t, cfg = self.train, self.model_cfg
+        g = _key(t.seed, "denoiser", self.step)
+        clips, tokens = world_clips(t.batch, cfg.native_frames, g, cfg, t.two_objects)
+        b, f = clips.shape[:2]
+        with torch.no_grad():
+            x0 = self.ae.encode(clips.flatten(0, 1)).reshape(b, f, cfg.latent_channels, cfg.latent_size,
+                                                            cfg.latent_size).transpose(1, 2)
+        drop = torch.rand(b, generator=g) < t.cond_dropout
+        tokens = torch.where(drop[:, None], torch.zeros_like(tokens), tokens)
+        sigma = torch.sigmoid(t.logit_normal_std * torch.randn(b, generator=g))  # one level per clip
+        noise = torch.randn(x0.shape, generator=g)
+        s = sigma.reshape(b, 1, 1, 1, 1)
+        xt = (1 - s) * x0 + s * noise
+        v = self.denoiser(xt, (sigma * 1000).reshape(b, 1).expand(b, f), tokens)
+        loss = F.mse_loss(v, noise - x0)
+        lr = t.lr * min(1.0, (self.step + 1) / max(1, t.warmup))
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.denoiser.parameters(), 1.0)
+        self.opt.step()
+        with torch.no_grad():
+            for k, v_ in self.denoiser.state_dict().items():
+                if v_.dtype.is_floating_point:
+                    self.ema[k].lerp_(v_, 1 - t.ema)
+                else:
+                    self.ema[k].copy_(v_)
+        self.step += 1
+        return float(loss.detach())
+
+    @property
+    def done(self) -> bool:
+        return self.ae_step >= self.train.ae_steps and self.stats_done and self.step >= self.train.steps
+
+    def run(self, *, time_limit: float | None = None, progress: bool = True) -> bool:
+        """Train until done or ``time_limit`` seconds pass; checkpoint on the way and at the end (also on
+        Ctrl-C). Returns whether training is complete."""
+        from tqdm.auto import tqdm
+
+        os.makedirs(self.run_dir, exist_ok=True)
+        t = self.train
+        start = time.monotonic()
+        total = t.ae_steps + t.steps
+        bar = tqdm(total=total, initial=min(self.ae_step, t.ae_steps) + min(self.step, t.steps),
+                   disable=not progress, unit="step", desc="train-toy")
+        try:
+            while not self.done:
+                if time_limit is not None and time.monotonic() - start >= time_limit:
+                    break
+                t0 = time.monotonic()
+                if self.ae_step < t.ae_steps:
+                    loss = self.ae_train_step()
+                    self.history["ae"].append([self.ae_step, loss])
+                    bar.set_postfix(stage="autoencoder", loss=f"{loss:.4f}", refresh=False)
+                    k = self.ae_step
+                elif not self.stats_done:
+                    self.measure_latent_stats()
+                    continue
+                else:
+                    loss = self.denoiser_train_step()
+                    self.history["denoiser"].append([self.step, loss])
+                    bar.set_postfix(stage="denoiser", loss=f"{loss:.4f}", refresh=False)
+                    k = self.step
+                self.seconds += time.monotonic() - t0
+                bar.update(1)
+                if k % t.checkpoint_every == 0:
+                    self.save()
+        finally:
+            bar.close()
+            self.save()
+        if self.done:
+            self.export()
+        self.plot_loss()
+        return self.done
+
+    # -- outputs -------------------------------------------------------------------------------------
+
+    def export(self, path: str | None = None) -> str:
+        """Write the shippable weights: autoencoder + EMA denoiser, with the configs as metadata."""
+        from safetensors.torch import save_file
+
+        path = path or os.path.join(self.run_dir, WEIGHTS)
+        tensors = {f"autoencoder.{k}": v.contiguous() for k, v in self.ae.state_dict().items()}
+        tensors.update({f"denoiser.{k}": v.contiguous() for k, v in self.ema.items()})
+        training = {**asdict(self.train), "ae_steps_done": self.ae_step, "steps_done": self.step,
+                    "train_seconds": round(self.seconds), "machine": f"{platform.machine()} CPU, "
+                    f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}"}
+        meta = {"format": "miga-shapes-v1", "model": json.dumps(self.model_cfg.to_dict()),
+                "training": json.dumps(training)}
+        tmp = path + ".tmp"
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+        return path
+
+    def plot_loss(self, path: str | None = None) -> str:
+        """Loss curves of both stages (raw and smoothed, log scale) as a PNG."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        path = path or os.path.join(self.run_dir, LOSS_PLOT)
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        for ax, (stage, title) in zip(axes, (("ae", "autoencoder (MSE)"), ("denoiser", "denoiser (flow MSE)"))):
+            h = self.history[stage]
+            if h:
+                steps, losses = zip(*h)
+                ax.plot(steps, losses, lw=0.5, alpha=0.35, color="tab:blue")
+                k = max(1, len(losses) // 50)
+                smooth = [sum(losses[max(0, i - k):i + 1]) / len(losses[max(0, i - k):i + 1]) for i in range(len(losses))]
+                ax.plot(steps, smooth, lw=1.5, color="tab:blue")
+                ax.set_yscale("log")
+            ax.set_title(title)
+            ax.set_xlabel("step")
+        fig.tight_layout()
+        tmp = path + ".tmp.png"
+        fig.savefig(tmp, dpi=100)
+        plt.close(fig)
+        os.replace(tmp, path)
+        return path
+
+
+def start_or_resume(run_dir: str, train: TrainConfig, model: ToyConfig = ToyConfig(),
+                    fresh: bool = False) -> ToyTrainer:
+    """The trainer for ``run_dir``: resumed from its checkpoint when there is one (unless ``fresh``)."""
+    if not fresh and os.path.exists(os.path.join(run_dir, CHECKPOINT)):
+        trainer = ToyTrainer.resume(run_dir, train)
+        if trainer.model_cfg != model:
+            raise MigaError(f"{run_dir} holds a model of a different architecture; use a new run dir")
+        return trainer
+    if os.path.isdir(run_dir) and os.listdir(run_dir) and not fresh:
+        raise MigaError(f"{run_dir} is not empty and holds no {CHECKPOINT}; pick a new run dir")
+    return ToyTrainer(run_dir, train, model)
