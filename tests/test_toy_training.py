@@ -11,7 +11,7 @@ from miga.errors import MigaError
 from miga.toy.nets import SpaceTimeDenoiser, ToyConfig
 from miga.toy.train import CHECKPOINT, LOSS_PLOT, WEIGHTS, TrainConfig, start_or_resume
 
-TINY = ToyConfig(frame_size=32, ae_widths=(8, 8, 8), width=16, depth=2, embed=32, native_frames=16)
+TINY = ToyConfig.tiny()
 RECIPE = TrainConfig(ae_steps=3, ae_batch=4, steps=4, batch=2, warmup=2, checkpoint_every=2)
 
 
@@ -84,3 +84,17 @@ def test_denoiser_honours_each_frames_own_timestep():
     ts[0, 3] = 100.0
     mixed = net(x, ts, tokens)
     assert (mixed[:, :, 3] - same[:, :, 3]).abs().max() > 1e-3
+
+
+def test_train_toy_cli_trains_resumes_and_reports(tmp_path, capsys):
+    from miga import cli
+
+    args = ["train-toy", str(tmp_path), "--model-size", "tiny", "--ae-steps", "2", "--batch", "2", "--no-progress"]
+    assert cli.main(args + ["--steps", "1"]) == 0
+    assert "trained" in capsys.readouterr().err
+    assert cli.main(args + ["--steps", "3"]) == 0  # more steps: resumes
+    err = capsys.readouterr().err
+    assert "resuming" in err and "denoiser step 1" in err
+    assert start_or_resume(str(tmp_path), RECIPE.__class__(ae_steps=2, steps=3, batch=2), TINY).step == 3
+    assert cli.main(args[:2] + ["--model-size", "tiny", "--batch", "4", "--no-progress"]) == 2
+    assert "different batch" in capsys.readouterr().err

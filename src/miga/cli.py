@@ -73,6 +73,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-reflection", action="store_true", help="disable self-reflection")
     g.add_argument("--window-batch", type=_number(), metavar="B", help="windows per model call where allowed")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    t = sub.add_parser("train-toy", help="train the built-in shapes model from a seed", description=(
+        "Train the built-in shapes-world model (autoencoder, then denoiser) from a seed, with data rendered on "
+        "the fly. Checkpoints go to RUN_DIR; running the same command again resumes from the last one. When "
+        "training completes, RUN_DIR/shapes.safetensors holds the weights (use them with --model FILE)."))
+    t.add_argument("run_dir", metavar="RUN_DIR", help="where checkpoints, loss.png and the weights go")
+    t.add_argument("--seed", type=int, help="weights and data stream derive from it (default 0)")
+    t.add_argument("--model-size", choices=("default", "tiny"), default="default",
+                   help="architecture: the shipped one, or a tiny one for smoke tests")
+    t.add_argument("--steps", type=_number(minimum=0), help="denoiser steps (default 6000; may grow on resume)")
+    t.add_argument("--ae-steps", type=_number(minimum=0), help="autoencoder steps (default 800)")
+    t.add_argument("--batch", type=_number(), help="clips per denoiser step (default 16)")
+    t.add_argument("--checkpoint-every", type=_number(), metavar="N", help="steps between checkpoints (default 200)")
+    t.add_argument("--time-limit", type=_number(float, 0), metavar="MIN",
+                   help="stop (with a checkpoint) after this many minutes; run again to continue")
+    t.add_argument("--threads", type=_number(), help="torch threads (default: torch's choice)")
+    t.add_argument("--fresh", action="store_true", help="start over even if RUN_DIR holds a checkpoint")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -175,11 +193,51 @@ def generate(args) -> int:
     return 0
 
 
+def train_toy(args) -> int:
+    import torch
+
+    from dataclasses import replace
+
+    from miga.toy.nets import ToyConfig
+    from miga.toy.train import CHECKPOINT, TrainConfig, saved_recipe, start_or_resume
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    given = {"seed": args.seed, "steps": args.steps, "ae_steps": args.ae_steps, "batch": args.batch,
+             "checkpoint_every": args.checkpoint_every}
+    given = {k: v for k, v in given.items() if v is not None}
+    resuming = os.path.exists(os.path.join(args.run_dir, CHECKPOINT)) and not args.fresh
+    saved = saved_recipe(args.run_dir) if resuming else None
+    recipe = replace(saved, **given) if saved is not None else TrainConfig(**given)
+    model = ToyConfig.tiny() if args.model_size == "tiny" else ToyConfig()
+    trainer = start_or_resume(args.run_dir, recipe, model, fresh=args.fresh)
+    if resuming:
+        print(f"miga: resuming {args.run_dir} at autoencoder step {trainer.ae_step}, denoiser step {trainer.step}",
+              file=sys.stderr)
+    limit = None if args.time_limit is None else 60.0 * args.time_limit
+    try:
+        done = trainer.run(time_limit=limit, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"miga: interrupted; checkpoint saved in {args.run_dir}; run the same command to resume",
+              file=sys.stderr)
+        return 130
+    if done:
+        print(f"trained: {os.path.join(args.run_dir, 'shapes.safetensors')} ({trainer.step} denoiser steps, "
+              f"{trainer.seconds / 60:.1f} min); loss curve in {os.path.join(args.run_dir, 'loss.png')}",
+              file=sys.stderr)
+    else:
+        print(f"miga: stopped at denoiser step {trainer.step} of {trainer.train.steps}; run the same command "
+              "to continue", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "generate":
             return generate(args)
+        if args.command == "train-toy":
+            return train_toy(args)
     except MigaError as exc:
         print(f"miga: error: {exc}", file=sys.stderr)
         return 2

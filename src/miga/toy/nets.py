@@ -30,6 +30,11 @@ class ToyConfig:
     embed: int = 128
     native_frames: int = 16
 
+    @classmethod
+    def tiny(cls) -> "ToyConfig":
+        """A few thousand parameters at 32x32: for smoke tests of training and loading, not for looks."""
+        return cls(frame_size=32, ae_widths=(8, 8, 8), width=16, depth=2, embed=32)
+
     @property
     def latent_size(self) -> int:
         return self.frame_size // 2 ** len(self.ae_widths)

@@ -301,6 +301,15 @@ class ToyTrainer:
         return path
 
 
+def saved_recipe(run_dir: str) -> TrainConfig | None:
+    """The recipe a run dir was started with, or None when it holds no readable checkpoint."""
+    try:
+        state = torch.load(os.path.join(run_dir, CHECKPOINT), map_location="cpu", weights_only=True)
+        return TrainConfig(**state["train"])
+    except Exception:  # noqa: BLE001 - start_or_resume reports unreadable checkpoints
+        return None
+
+
 def start_or_resume(run_dir: str, train: TrainConfig, model: ToyConfig = ToyConfig(),
                     fresh: bool = False) -> ToyTrainer:
     """The trainer for ``run_dir``: resumed from its checkpoint when there is one (unless ``fresh``)."""
