@@ -8,7 +8,7 @@ import pytest
 from miga import cli
 from miga.video import read_video
 
-SMALL = ["--height", "32", "--width", "32", "--no-progress"]
+SMALL = ["--model", "gaussian", "--height", "32", "--width", "32", "--no-progress"]
 
 
 def run(capsys, *argv):
@@ -36,7 +36,7 @@ def test_prompt_schedule_file_runs(tmp_path, capsys):
     prompts = tmp_path / "p.txt"
     prompts.write_text("# two scenes\n0: warm clouds\n30: cold sea\n")
     out = tmp_path / "v.mp4"
-    code, err = run(capsys, "generate", "--prompts", str(prompts), "--frames", "60", "--out", str(out),
+    code, err = run(capsys, "generate", "--model", "gaussian", "--prompts", str(prompts), "--frames", "60", "--out", str(out),
                     "--no-progress")
     assert code == 0, err
     frames, _ = read_video(str(out))
@@ -75,9 +75,9 @@ BAD = [
 @pytest.mark.parametrize("extra,needle", BAD)
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, extra, needle):
     out = tmp_path / "v.mp4"
-    argv = ["generate", "a prompt", "--out", str(out), "--no-progress", *extra]
+    argv = ["generate", "a prompt", "--model", "gaussian", "--out", str(out), "--no-progress", *extra]
     if "--out" in extra:
-        argv = ["generate", "a prompt", "--no-progress", *extra]
+        argv = ["generate", "a prompt", "--model", "gaussian", "--no-progress", *extra]
     try:
         code = cli.main(argv)
     except SystemExit as exc:  # argparse errors

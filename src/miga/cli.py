@@ -51,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a prompt; repeat it for prompts that follow each other, evenly split along the video")
     g.add_argument("--prompts", metavar="FILE", help="a prompt schedule file: one prompt per line, optionally "
                    "'FRAME: prompt' to say where each starts (see README)")
-    g.add_argument("--model", default="gaussian", help="gaussian (exact Gaussian world), gaussian-clip "
-                   "(the same, denoised like a one-level foundation model)")
+    g.add_argument("--model", default="shapes", help="shapes (the built-in shapes-world model, default), a "
+                   ".safetensors file from 'miga train-toy', gaussian (exact Gaussian world), gaussian-clip (the same, "
+                   "denoised like a one-level foundation model)")
     g.add_argument("--method", choices=METHODS, default="miga")
     g.add_argument("--preset", help="paper preset: videocrafter2, wan2.1, gaussian (default: the model's)")
     g.add_argument("--frames", type=_number(), default=128, metavar="N", help="output frames (default 128)")

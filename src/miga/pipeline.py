@@ -95,10 +95,11 @@ class LongVideo:
         steps = (self.config.steps(backbone.native_frames) if isinstance(self.config, FIFOConfig)
                  else self.config.steps)
         self.schedule = Schedule(sched_cfg, steps)
+        self._encode_prompts()
 
-    def _stepper(self) -> WindowStepper:
+    def _encode_prompts(self) -> None:
+        """Encode every prompt once, up front, so that a prompt the model refuses fails before any output."""
         bb, cfg = self.backbone, self.config
-        latent_prompts = self.prompts.to_latents(bb.frames_per_latent)
         cache: dict[str, Any] = {}
 
         def encode(text: str):
@@ -106,10 +107,15 @@ class LongVideo:
                 cache[text] = bb.encode_prompt(text)
             return cache[text]
 
-        conds = [encode(p) for p in latent_prompts.prompts]
-        uncond = None
+        self._latent_prompts = self.prompts.to_latents(bb.frames_per_latent)
+        self._conds = [encode(p) for p in self._latent_prompts.prompts]
+        self._uncond = None
         if cfg.guidance_scale != 1.0:
-            uncond = encode(cfg.negative_prompt if cfg.negative_prompt is not None else bb.negative_prompt)
+            self._uncond = encode(cfg.negative_prompt if cfg.negative_prompt is not None else bb.negative_prompt)
+
+    def _stepper(self) -> WindowStepper:
+        bb, cfg = self.backbone, self.config
+        latent_prompts, conds, uncond = self._latent_prompts, self._conds, self._uncond
         noise = KeyedNoise(self.seed, bb.latent_shape, getattr(bb, "device", "cpu"))
         solver = make_solver(cfg.solver, self.schedule, cfg.eta)
         return WindowStepper(bb, self.schedule, solver, noise, latent_prompts.index_at, conds, uncond,
