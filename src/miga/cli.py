@@ -13,6 +13,7 @@ from dataclasses import asdict
 from miga.errors import MigaError
 
 METHODS = ("miga", "fifo")
+WORLDS = ("shapes",)
 MIGA_ONLY = {  # flag -> config field; refused with --method fifo
     "zigzag_width": "--zigzag-width", "stage2_steps": "--stage2-steps", "guides": "--guides",
     "reflection_threshold": "--reflection-threshold", "stride": "--stride", "stage2_mode": "--stage2-mode",
@@ -60,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", default="miga.mp4", metavar="FILE.mp4", help="output video (default miga.mp4)")
     g.add_argument("--stats", metavar="FILE.json", help="write run statistics as JSON")
+    g.add_argument("--preview", metavar="FILE.png", help="write a contact sheet: a PNG grid of up to 24 frames "
+                   "spread evenly over the video, each labelled with its index (written when the video completes)")
     g.add_argument("--steps", type=_number(), metavar="T", help="denoising steps T (FIFO: a multiple of f_0)")
     g.add_argument("--height", type=_number(), help="frame height in pixels")
     g.add_argument("--width", type=_number(), help="frame width in pixels")
@@ -84,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model-size", choices=("default", "tiny"), default="default",
                    help="architecture: the shipped one, or a tiny one for smoke tests")
     t.add_argument("--steps", type=_number(minimum=0), help="denoiser steps (default 6000; may grow on resume)")
-    t.add_argument("--ae-steps", type=_number(minimum=0), help="autoencoder steps (default 800)")
+    t.add_argument("--ae-steps", type=_number(minimum=0), help="autoencoder steps (default 3000)")
     t.add_argument("--batch", type=_number(), help="clips per denoiser step (default 16)")
     t.add_argument("--checkpoint-every", type=_number(), metavar="N", help="steps between checkpoints (default 200)")
     t.add_argument("--time-limit", type=_number(float, 0), metavar="MIN",
@@ -92,6 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=_number(), help="torch threads (default: torch's choice)")
     t.add_argument("--fresh", action="store_true", help="start over even if RUN_DIR holds a checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("eval", help="measure videos", description=(
+        "Measure videos. --world shapes: find the prompt's objects in every frame of a shapes-world video "
+        "and report presence, shape, centroid jumps and background stability (see README). VBench-style "
+        "metrics (no --world) are not implemented yet."))
+    e.add_argument("videos", nargs="+", metavar="VIDEO", help="video files")
+    e.add_argument("--world", choices=WORLDS, help="the procedural world the videos show: its world metrics")
+    e.add_argument("--prompt", metavar="TEXT", help="judge every frame against this prompt (default: the prompt "
+                   "schedule that miga generate stored in each video)")
+    e.add_argument("--json", metavar="FILE", help="write the full results (summary and per frame) as JSON")
     return parser
 
 
@@ -154,7 +167,8 @@ def generate(args) -> int:
     from tqdm import tqdm
 
     from miga.pipeline import LongVideo, load_backbone
-    from miga.video import VideoWriter, atomic_write_text
+    from miga.preview import ContactSheet, check_preview_path
+    from miga.video import VideoWriter, atomic_write_text, prompts_metadata
 
     t0 = time.perf_counter()
     if not args.out.lower().endswith(".mp4"):
@@ -162,22 +176,30 @@ def generate(args) -> int:
     for path in (args.out, args.stats):
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise MigaError(f"cannot write {path}: directory {os.path.dirname(os.path.abspath(path))} does not exist")
+    if args.preview:
+        check_preview_path(args.preview)
     prompts = _prompts(args)
     backbone = load_backbone(args.model, height=args.height, width=args.width)
     config = _config(args, backbone)
     video = LongVideo(backbone, prompts, args.frames, config, seed=args.seed)
+    sheet = ContactSheet(args.frames) if args.preview else None
     bar = tqdm(total=args.frames, unit="frame", desc=f"{args.method} {backbone.name}", disable=args.no_progress,
                dynamic_ncols=True)
     try:
-        with VideoWriter(args.out, backbone.fps) as writer:
-            for frame in video.frames():
+        with VideoWriter(args.out, backbone.fps,
+                         metadata=prompts_metadata(zip(prompts.starts, prompts.prompts))) as writer:
+            for i, frame in enumerate(video.frames()):
                 writer.write(frame)
+                if sheet is not None:
+                    sheet.offer(i, frame)
                 bar.update(1)
     except KeyboardInterrupt:
         bar.close()
         print(f"miga: interrupted; the unfinished video is {args.out}.partial", file=sys.stderr)
         return 130
     bar.close()
+    if sheet is not None:
+        sheet.save(args.preview)
     total = time.perf_counter() - t0
     if args.stats:
         s = video.stats
@@ -232,6 +254,75 @@ def train_toy(args) -> int:
     return 0
 
 
+def _video_scenes(path: str, num_frames: int, prompt: str | None):
+    """The shapes scene each frame of a video is judged against, and the ``(start, prompt)`` schedule."""
+    from miga.engine.prompts import PromptSchedule
+    from miga.video import read_prompts_metadata
+    from miga.worlds.shapes import parse_prompt
+
+    if prompt is not None:
+        entries = [(0, prompt)]
+    else:
+        entries = read_prompts_metadata(path)
+        if entries is None:
+            raise MigaError(f"{path} holds no prompt (it was not made by miga generate); pass --prompt TEXT")
+    try:
+        schedule = PromptSchedule(tuple(s for s, _ in entries), tuple(p for _, p in entries))
+        scenes = {text: parse_prompt(text) for text in schedule.prompts}
+    except MigaError as exc:
+        raise MigaError(f"{path}: {exc}") from None
+    return [scenes[schedule.prompt_at(t)] for t in range(num_frames)], entries
+
+
+def _cell(value, fmt: str, unit: str = "") -> str:
+    return "-" if value is None else format(value, fmt) + unit
+
+
+def evaluate(args) -> int:
+    if args.world is None:
+        raise MigaError("VBench metrics are not implemented yet; use --world shapes for the shapes world's "
+                        "metrics")
+    import torch
+
+    from miga.video import atomic_write_text, read_video
+    from miga.worlds import metrics
+    from miga.worlds.shapes import parse_prompt
+
+    torch.set_num_threads(1)  # the metrics' only torch work is small shape templates, where threads only cost
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        raise MigaError(f"cannot write {args.json}: directory {os.path.dirname(os.path.abspath(args.json))} "
+                        "does not exist")
+    if args.prompt is not None:
+        if not args.prompt.strip():
+            raise MigaError("--prompt is empty")
+        parse_prompt(args.prompt)  # refuse a prompt outside the grammar before reading any video
+    results = []
+    for path in args.videos:
+        frames, fps = read_video(path)
+        if len(frames) == 0:
+            raise MigaError(f"cannot read video {path}: it has no frames")
+        scenes, entries = _video_scenes(path, len(frames), args.prompt)
+        result = metrics.evaluate_frames(frames, scenes)
+        results.append({"video": path, "fps": fps, "prompts": [list(e) for e in entries],
+                        "prompt_source": "--prompt" if args.prompt is not None else "metadata", **result.to_dict()})
+    width = max(5, *(len(r["video"]) for r in results))
+    print(f"{'video':<{width}}  {'frames':>6}  {'present':>7}  {'shape':>6}  {'jump mean':>9}  {'jump max':>8}  "
+          f"{'bg change':>9}  {'bg error':>8}")
+    for r in results:
+        s = r["summary"]
+        print(f"{r['video']:<{width}}  {s['frames']:>6}  {_cell(s['presence'], '.1%'):>7}  "
+              f"{_cell(s['shape_accuracy'], '.1%'):>6}  {_cell(s['jump_mean_px'], '.2f', ' px'):>9}  "
+              f"{_cell(s['jump_max_px'], '.1f', ' px'):>8}  {_cell(s['background_change'], '.4f'):>9}  "
+              f"{_cell(s['background_error'], '.4f'):>8}")
+    if args.json:
+        thresholds = {name: getattr(metrics, name) for name in (
+            "COLOUR_TOLERANCE", "MIN_AREA_FRACTION", "MAX_AREA_FACTOR", "TRIANGLE_SKEW", "SQUARE_DIAGONAL",
+            "SHAPE_MIN_IOU", "BACKGROUND_MARGIN", "TOUCH_MARGIN")}
+        atomic_write_text(args.json, json.dumps({"world": args.world, "thresholds": thresholds,
+                                                 "videos": results}, indent=1) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -239,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
             return generate(args)
         if args.command == "train-toy":
             return train_toy(args)
+        if args.command == "eval":
+            return evaluate(args)
     except MigaError as exc:
         print(f"miga: error: {exc}", file=sys.stderr)
         return 2

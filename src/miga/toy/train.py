@@ -11,6 +11,7 @@ atomically every ``checkpoint_every`` steps and when the run stops.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -35,7 +36,8 @@ class TrainConfig:
 
     Attributes:
         seed: initial weights and the whole data stream derive from it.
-        ae_steps, ae_batch, ae_lr: autoencoder stage (batch counted in frames).
+        ae_steps, ae_batch, ae_lr: autoencoder stage (batch counted in frames; cosine lr decay).
+        ae_object_weight: extra weight of object pixels in the reconstruction loss.
         ae_latent_noise: Gaussian noise (times the latent std) added before decoding while training, so the
             decoder tolerates imperfect latents from the denoiser.
         steps, batch, lr, warmup: denoiser stage (batch counted in 16-frame clips); constant lr after a
@@ -48,10 +50,11 @@ class TrainConfig:
     """
 
     seed: int = 0
-    ae_steps: int = 800
-    ae_batch: int = 32
+    ae_steps: int = 3000
+    ae_batch: int = 16
     ae_lr: float = 2e-3
     ae_latent_noise: float = 0.1
+    ae_object_weight: float = 9.0
     steps: int = 6000
     batch: int = 16
     lr: float = 6e-4
@@ -79,10 +82,11 @@ def _key(seed: int, stage: str, step: int) -> torch.Generator:
 
 
 def world_clips(n: int, frames: int, g: torch.Generator, cfg: ToyConfig, two_objects: float):
-    """``n`` random clips ``[n, F, 3, S, S]`` and their prompt tokens ``[n, 7]``."""
+    """``n`` random clips ``[n, F, 3, S, S]``, their prompt tokens ``[n, 7]`` and object masks ``[n, F, S, S]``."""
     scenes = sample_scenes(n, g, two_objects)
     traj = sample_trajectories(scenes, frames, g, cfg.frame_size)
-    return render(scenes, traj, cfg.frame_size), batch_tokens(scenes)
+    clips, mask = render(scenes, traj, cfg.frame_size, with_mask=True)
+    return clips, batch_tokens(scenes), mask
 
 
 class ToyTrainer:
@@ -155,12 +159,16 @@ class ToyTrainer:
     def ae_train_step(self) -> float:
         t = self.train
         g = _key(t.seed, "ae", self.ae_step)
-        clips, _ = world_clips(t.ae_batch, 1, g, self.model_cfg, t.two_objects)
+        clips, _, mask = world_clips(t.ae_batch, 1, g, self.model_cfg, t.two_objects)
         frames = clips[:, 0]
         z = self.ae.encode_raw(frames)
         z_noisy = z + t.ae_latent_noise * z.detach().std() * torch.randn(z.shape, generator=g)
         recon = self.ae.decode_raw(z_noisy)
-        loss = F.mse_loss(recon, frames) + 1e-4 * z.pow(2).mean()
+        weight = 1.0 + t.ae_object_weight * mask[:, 0, None]  # objects are small: weigh their pixels up
+        loss = (weight * (recon - frames) ** 2).mean() + 1e-4 * z.pow(2).mean()
+        lr = t.ae_lr * 0.5 * (1 + math.cos(math.pi * self.ae_step / max(1, t.ae_steps)))  # cosine to 0
+        for group in self.ae_opt.param_groups:
+            group["lr"] = lr
         self.ae_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.ae_opt.step()
@@ -171,7 +179,7 @@ class ToyTrainer:
     def measure_latent_stats(self) -> None:
         """Per-channel mean and std of the autoencoder's latents over 512 world frames."""
         g = _key(self.train.seed, "stats", 0)
-        clips, _ = world_clips(512, 1, g, self.model_cfg, self.train.two_objects)
+        clips, _, _ = world_clips(512, 1, g, self.model_cfg, self.train.two_objects)
         z = self.ae.encode_raw(clips[:, 0])
         self.ae.latent_mean.copy_(z.mean(dim=(0, 2, 3)))
         self.ae.latent_std.copy_(z.std(dim=(0, 2, 3)))
@@ -180,7 +188,7 @@ class ToyTrainer:
     def denoiser_train_step(self) -> float:
         t, cfg = self.train, self.model_cfg
         g = _key(t.seed, "denoiser", self.step)
-        clips, tokens = world_clips(t.batch, cfg.native_frames, g, cfg, t.two_objects)
+        clips, tokens, _ = world_clips(t.batch, cfg.native_frames, g, cfg, t.two_objects)
         b, f = clips.shape[:2]
         with torch.no_grad():
             x0 = self.ae.encode(clips.flatten(0, 1)).reshape(b, f, cfg.latent_channels, cfg.latent_size,

@@ -288,8 +288,10 @@ def shape_coverage(shape: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, radi
     return (0.5 - sdf).clamp(0.0, 1.0)
 
 
-def render(batch: SceneBatch, traj: Trajectories, size: int = FRAME_SIZE) -> torch.Tensor:
-    """Frames ``[B, F, 3, H, W]`` in [0, 1]: the background, then object 0, then object 1 on top."""
+def render(batch: SceneBatch, traj: Trajectories, size: int = FRAME_SIZE, with_mask: bool = False):
+    """Frames ``[B, F, 3, H, W]`` in [0, 1]: the background, then object 0, then object 1 on top.
+
+    With ``with_mask``, also the objects' total coverage ``[B, F, H, W]`` in [0, 1]."""
     n, _, f = traj.x.shape
     bg = _palette(BACKGROUND_COLOURS)[batch.background].reshape(n, 1, 3, 1, 1)
     ramp = torch.linspace(1.0, GRADIENT_DARKEN, size).reshape(1, 1, 1, size, 1)
@@ -298,6 +300,7 @@ def render(batch: SceneBatch, traj: Trajectories, size: int = FRAME_SIZE) -> tor
     frames = frames.expand(n, f, 3, size, size).clone()
     coords = torch.arange(size, dtype=torch.float32) + 0.5
     colours = _palette(OBJECT_COLOURS)
+    mask = torch.zeros(n, f, size, size)
     for j in range(2):
         dx = coords.reshape(1, 1, 1, size) - traj.x[:, j].reshape(n, f, 1, 1)
         dy = coords.reshape(1, 1, size, 1) - traj.y[:, j].reshape(n, f, 1, 1)
@@ -305,7 +308,8 @@ def render(batch: SceneBatch, traj: Trajectories, size: int = FRAME_SIZE) -> tor
         cov = cov * batch.present[:, j].reshape(n, 1, 1, 1)
         col = colours[batch.colour[:, j]].reshape(n, 1, 3, 1, 1)
         frames = frames * (1 - cov.unsqueeze(2)) + col * cov.unsqueeze(2)
-    return frames
+        mask = torch.maximum(mask, cov)
+    return (frames, mask) if with_mask else frames
 
 
 def scene_clip(scene: Scene, num_frames: int, seed: int = 0, size: int = FRAME_SIZE) -> tuple[torch.Tensor, Trajectories]:
