@@ -240,7 +240,8 @@ def sample_trajectories(batch: SceneBatch, num_frames: int, generator: torch.Gen
     """Random motion of each object over frames ``start .. start + num_frames - 1``.
 
     Bouncing: 1.0-2.2 px/frame with reflection off the walls; drifting: the same at 0.3-0.8 px/frame;
-    orbiting: a circle of radius 8-18 px around a point near the centre, 0.08-0.2 rad/frame.
+    orbiting: a circle of radius 8-18 px (less where the frame is too small) around a point within 6 px of the
+    centre, at the bouncing speed. Objects never leave the frame.
     """
     g = generator
     n = batch.shape.shape[0]
@@ -259,7 +260,8 @@ def sample_trajectories(batch: SceneBatch, num_frames: int, generator: torch.Gen
     by = _bounce(py, speed * torch.sin(angle), t, lo, hi)
     # orbits
     orbit_r = (8.0 + 10.0 * torch.rand(n, 2, generator=g)) * scale
-    omega = (0.08 + 0.12 * torch.rand(n, 2, generator=g)) * torch.where(torch.rand(n, 2, generator=g) < 0.5, -1.0, 1.0)
+    orbit_r = torch.minimum(orbit_r, size / 2 - 6 * scale - radius - 1.0)  # the whole orbit stays in frame
+    omega = speed / orbit_r * torch.where(torch.rand(n, 2, generator=g) < 0.5, -1.0, 1.0)  # same px/frame
     centre = size / 2 + (torch.rand(n, 2, 2, generator=g) - 0.5) * 12 * scale
     phase = angle.unsqueeze(-1) + omega.unsqueeze(-1) * t
     ox = centre[..., 0].unsqueeze(-1) + orbit_r.unsqueeze(-1) * torch.cos(phase)
