@@ -2,13 +2,19 @@
 
 Nothing here is written under its final name until it is complete: the writer encodes into
 ``<path>.partial`` and renames it to ``path`` only on a normal ``close()``.
+
+``miga generate`` stores the prompt schedule in the MP4 container's ``comment`` tag as JSON,
+``{"miga_prompts": [[start_frame, "prompt"], ...]}`` (:func:`prompts_metadata`), so that ``miga eval``
+can judge each frame against the prompt in force (:func:`read_prompts_metadata`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from fractions import Fraction
+from typing import Mapping, Sequence
 
 import av
 import numpy as np
@@ -28,9 +34,12 @@ class VideoWriter:
     Frames are ``uint8`` arrays of shape ``[H, W, 3]`` (RGB); the size is fixed by the first frame and
     odd sizes are padded to even by repeating the last row/column. Used as a context manager it
     finishes the file on normal exit and leaves only ``<path>.partial`` behind on an exception.
+    ``metadata`` (string keys and values, e.g. ``{"comment": ...}``) is written into the container's
+    tags; :func:`read_video_metadata` reads them back.
     """
 
-    def __init__(self, path: str | os.PathLike, fps: float, crf: int = 18):
+    def __init__(self, path: str | os.PathLike, fps: float, crf: int = 18,
+                 metadata: Mapping[str, str] | None = None):
         self.path = os.fspath(path)
         self.partial_path = self.path + ".partial"
         _check_parent(self.path)
@@ -38,6 +47,7 @@ class VideoWriter:
             raise MigaError(f"cannot write {self.path}: fps must be a positive number (got {fps})")
         self.fps = fps
         self.crf = crf
+        self.metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
         self._rate = Fraction(fps).limit_denominator(10_000)
         self._container = None
         self._stream = None
@@ -55,6 +65,8 @@ class VideoWriter:
             self._container = av.open(self.partial_path, mode="w", format="mp4")
         except OSError as e:
             raise MigaError(f"cannot write {self.path}: {e}") from e
+        for key, value in self.metadata.items():
+            self._container.metadata[key] = value
         stream = self._container.add_stream("libx264", rate=self._rate)
         stream.width, stream.height = width + width % 2, height + height % 2
         stream.pix_fmt = "yuv420p"
@@ -125,27 +137,83 @@ class VideoWriter:
         return False
 
 
+def _read_error(path: str, exc: BaseException) -> MigaError:
+    reason = getattr(exc, "strerror", None) or str(exc)
+    return MigaError(f"cannot read video {path}: {reason}")
+
+
 def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
-    """Decode every frame of a video: returns ``(uint8 [N, H, W, 3] RGB, fps)``."""
-    with av.open(os.fspath(path)) as container:
-        stream = container.streams.video[0]
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-        rate = stream.average_rate or stream.guessed_rate
-        fps = float(rate) if rate else 0.0
+    """Decode every frame of a video: returns ``(uint8 [N, H, W, 3] RGB, fps)``.
+
+    A missing, unreadable or corrupt file (or one without a video stream) raises :class:`MigaError`.
+    """
+    path = os.fspath(path)
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise MigaError(f"cannot read video {path}: it has no video stream")
+            stream = container.streams.video[0]
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+            rate = stream.average_rate or stream.guessed_rate
+            fps = float(rate) if rate else 0.0
+    except (OSError, av.FFmpegError) as exc:
+        raise _read_error(path, exc) from None
     if not frames:
         return np.zeros((0, stream.height or 0, stream.width or 0, 3), np.uint8), fps
     return np.stack(frames), fps
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to a temporary file next to ``path``, then rename it over ``path``."""
+def read_video_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The container tags of a video (``{}`` if none); :class:`MigaError` if it cannot be read."""
+    path = os.fspath(path)
+    try:
+        with av.open(path) as container:
+            return dict(container.metadata)
+    except (OSError, av.FFmpegError) as exc:
+        raise _read_error(path, exc) from None
+
+
+PROMPTS_TAG = "comment"
+"""The container tag that holds ``miga generate``'s prompt schedule."""
+
+
+def prompts_metadata(schedule: Sequence[tuple[int, str]]) -> dict[str, str]:
+    """Container tags recording a prompt schedule given as ``(start_frame, prompt)`` pairs."""
+    entries = [[int(start), str(prompt)] for start, prompt in schedule]
+    return {PROMPTS_TAG: json.dumps({"miga_prompts": entries}, ensure_ascii=False)}
+
+
+def read_prompts_metadata(path: str | os.PathLike) -> list[tuple[int, str]] | None:
+    """The ``(start_frame, prompt)`` schedule that ``miga generate`` stored in a video, or ``None`` if the
+    video holds none (it was not made by ``miga generate``, or the tag is not ours)."""
+    text = read_video_metadata(path).get(PROMPTS_TAG)
+    try:
+        entries = json.loads(text)["miga_prompts"] if text else None
+        if entries is None:
+            return None
+        schedule = [(int(start), str(prompt)) for start, prompt in entries]
+    except (ValueError, TypeError, KeyError):
+        return None
+    return schedule or None
+
+
+def _file_mode() -> int:
+    """Permissions for a new file under the process umask (``mkstemp`` alone gives 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temporary file next to ``path``, then rename it over ``path``."""
     path = os.fspath(path)
     _check_parent(path)
     directory, name = os.path.split(path)
     fd, tmp = tempfile.mkstemp(dir=directory or ".", prefix=f".{name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -153,3 +221,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         except OSError:
             pass
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to a temporary file next to ``path``, then rename it over ``path``."""
+    atomic_write_bytes(path, text.encode("utf-8"))
