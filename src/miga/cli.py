@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                    ".safetensors file from 'miga train-toy', gaussian (exact Gaussian world), gaussian-clip (the same, "
                    "denoised like a one-level foundation model)")
     g.add_argument("--method", choices=METHODS, default="miga")
-    g.add_argument("--preset", help="paper preset: videocrafter2, wan2.1, gaussian (default: the model's)")
+    g.add_argument("--preset", help="preset: videocrafter2, wan2.1, gaussian, shapes (default: the model's own)")
     g.add_argument("--frames", type=_number(), default=128, metavar="N", help="output frames (default 128)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", default="miga.mp4", metavar="FILE.mp4", help="output video (default miga.mp4)")
