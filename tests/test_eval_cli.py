@@ -95,7 +95,7 @@ def test_generate_then_eval(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("make,argv,needle", [
-    (None, ["eval", "{a}"], "VBench metrics are not implemented yet"),
+    (None, ["eval", "{a}"], "cannot read video"),  # without --world: the VBench metrics (test_eval_vbench_cli.py)
     (None, ["eval", "--world", "shapes", "{tmp}/missing.mp4"], "cannot read video"),
     ("text", ["eval", "--world", "shapes", "{a}"], "cannot read video"),
     ("plain", ["eval", "--world", "shapes", "{a}"], "holds no prompt"),

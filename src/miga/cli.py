@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stats", metavar="FILE.json", help="write run statistics as JSON")
     g.add_argument("--preview", metavar="FILE.png", help="write a contact sheet: a PNG grid of up to 24 frames "
                    "spread evenly over the video, each labelled with its index (written when the video completes)")
+    g.add_argument("--save-latents", nargs="?", const="", metavar="FILE.safetensors", help="also write the "
+                   "finished latents [N, C, H, W] (streamed, renamed when complete) for 'miga eval' (default FILE: "
+                   "OUT with .latents.safetensors instead of .mp4, where miga eval finds it)")
     g.add_argument("--steps", type=_number(), metavar="T", help="denoising steps T (FIFO: a multiple of f_0)")
     g.add_argument("--height", type=_number(), help="frame height in pixels")
     g.add_argument("--width", type=_number(), help="frame width in pixels")
@@ -97,14 +100,28 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     e = sub.add_parser("eval", help="measure videos", description=(
-        "Measure videos. --world shapes: find the prompt's objects in every frame of a shapes-world video "
-        "and report presence, shape, centroid jumps and background stability (see README). VBench-style "
-        "metrics (no --world) are not implemented yet."))
+        "Measure videos. Without --world: VBench's temporal flicker, motion smoothness, subject and background "
+        "consistency under VBench-Long's protocol (2-second clips), from the decoded video; numbers from "
+        "stand-ins for VBench's networks are marked as proxies. --world shapes: find the prompt's objects in "
+        "every frame of a shapes-world video and report presence, shape, centroid jumps and background "
+        "stability (see README)."))
     e.add_argument("videos", nargs="+", metavar="VIDEO", help="video files")
     e.add_argument("--world", choices=WORLDS, help="the procedural world the videos show: its world metrics")
-    e.add_argument("--prompt", metavar="TEXT", help="judge every frame against this prompt (default: the prompt "
-                   "schedule that miga generate stored in each video)")
-    e.add_argument("--json", metavar="FILE", help="write the full results (summary and per frame) as JSON")
+    e.add_argument("--prompt", metavar="TEXT", help="--world: judge every frame against this prompt (default: "
+                   "the prompt schedule that miga generate stored in each video)")
+    e.add_argument("--json", metavar="FILE", help="write the full results (summary, per video, per clip or frame) "
+                   "as JSON")
+    e.add_argument("--plot", metavar="FILE.png", help="plot per-frame consistency over time (to the first and "
+                   "to the previous frame; latent consistency when latents are found)")
+    e.add_argument("--dino", metavar="PATH", help="DINO ViT-B/16 for subject consistency: a transformers folder "
+                   "(config.json and model.safetensors, e.g. facebook/dino-vitb16); default: the offline proxy")
+    e.add_argument("--clip", metavar="PATH", help="CLIP ViT-B/32 for background consistency: a transformers "
+                   "folder (config.json and model.safetensors, e.g. openai/clip-vit-base-patch32); default: the "
+                   "offline proxy")
+    e.add_argument("--amt", metavar="PATH", help="AMT-S weights for motion smoothness (not supported yet; the "
+                   "default is an OpenCV flow-interpolation proxy)")
+    e.add_argument("--latents", metavar="FILE", action="append", help="latents saved by miga generate "
+                   "--save-latents, one per video in order (default: VIDEO's NAME.latents.safetensors if present)")
     return parser
 
 
@@ -163,6 +180,49 @@ def _prompts(args):
     return prompt_schedule(given, args.frames)
 
 
+def _latents_path(args) -> str | None:
+    """The ``--save-latents`` file (``""``: the default beside ``--out``), checked before any work."""
+    if args.save_latents is None:
+        return None
+    from miga.evaluation.latents import default_latents_path
+
+    path = args.save_latents or default_latents_path(args.out)
+    if not path.lower().endswith(".safetensors"):
+        raise MigaError(f"--save-latents must name a .safetensors file, got {path}")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise MigaError(f"cannot write {path}: directory {os.path.dirname(os.path.abspath(path))} does not exist")
+    return path
+
+
+def _latent_writer(path: str, video, args):
+    from miga.config import MIGAConfig
+    from miga.evaluation.latents import LatentWriter
+
+    bb, cfg = video.backbone, video.config
+    miga_cfg = isinstance(cfg, MIGAConfig)
+    meta = {"frames": args.frames, "frames_per_latent": bb.frames_per_latent, "fps": bb.fps, "method": args.method,
+            "chunk": cfg.zigzag_width if miga_cfg else 1, "refs": cfg.reflection_ref_chunks if miga_cfg else 1,
+            "score_mode": cfg.score_mode if miga_cfg else "frame"}
+    return LatentWriter(path, video.num_latents, tuple(bb.latent_shape), meta)
+
+
+def _frames_saving(video, latents):
+    """``video.frames()`` that also hands every finished latent to ``latents``: the same frames, decoded
+    through the backbone's streaming decoder (the Backbone protocol), trimmed to the requested count."""
+    decoder = video.backbone.decoder()
+    count = 0
+    for latent in video.latents():
+        latents.write(latent)
+        for frame in decoder.push(latent):
+            if count < video.num_frames:
+                count += 1
+                yield frame
+    for frame in decoder.flush():
+        if count < video.num_frames:
+            count += 1
+            yield frame
+
+
 def generate(args) -> int:
     from tqdm import tqdm
 
@@ -178,25 +238,35 @@ def generate(args) -> int:
             raise MigaError(f"cannot write {path}: directory {os.path.dirname(os.path.abspath(path))} does not exist")
     if args.preview:
         check_preview_path(args.preview)
+    latents_path = _latents_path(args)
     prompts = _prompts(args)
     backbone = load_backbone(args.model, height=args.height, width=args.width)
     config = _config(args, backbone)
     video = LongVideo(backbone, prompts, args.frames, config, seed=args.seed)
     sheet = ContactSheet(args.frames) if args.preview else None
+    latents = _latent_writer(latents_path, video, args) if latents_path else None
     bar = tqdm(total=args.frames, unit="frame", desc=f"{args.method} {backbone.name}", disable=args.no_progress,
                dynamic_ncols=True)
     try:
         with VideoWriter(args.out, backbone.fps,
                          metadata=prompts_metadata(zip(prompts.starts, prompts.prompts))) as writer:
-            for i, frame in enumerate(video.frames()):
+            for i, frame in enumerate(video.frames() if latents is None else _frames_saving(video, latents)):
                 writer.write(frame)
                 if sheet is not None:
                     sheet.offer(i, frame)
                 bar.update(1)
+            if latents is not None:
+                latents.close()
     except KeyboardInterrupt:
         bar.close()
+        if latents is not None:
+            latents.abort()
         print(f"miga: interrupted; the unfinished video is {args.out}.partial", file=sys.stderr)
         return 130
+    except BaseException:
+        if latents is not None:
+            latents.abort()
+        raise
     bar.close()
     if sheet is not None:
         sheet.save(args.preview)
@@ -212,7 +282,9 @@ def generate(args) -> int:
             "seed": args.seed, "config": asdict(config),
         }
         atomic_write_text(args.stats, json.dumps(stats, indent=2) + "\n")
-    print(f"wrote {args.out}: {args.frames} frames, {video.stats.nfe} model calls, {total:.1f} s", file=sys.stderr)
+    saved = f"; latents in {latents_path}" if latents_path else ""
+    print(f"wrote {args.out}: {args.frames} frames, {video.stats.nfe} model calls, {total:.1f} s{saved}",
+          file=sys.stderr)
     return 0
 
 
@@ -278,10 +350,155 @@ def _cell(value, fmt: str, unit: str = "") -> str:
     return "-" if value is None else format(value, fmt) + unit
 
 
+def _check_output(path: str | None, suffix: str | None = None, flag: str = "") -> None:
+    if path is None:
+        return
+    if suffix and not path.lower().endswith(suffix):
+        raise MigaError(f"{flag} must name a {suffix} file, got {path}")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise MigaError(f"cannot write {path}: directory {os.path.dirname(os.path.abspath(path))} does not exist")
+
+
+def _video_latents(video: str, given: str | None, frames: int) -> dict | None:
+    """MIGA's latent consistency over time from the latents saved with ``video`` (``None`` if none)."""
+    from miga.evaluation.latents import default_latents_path, latent_consistency, read_latents
+
+    path = given or default_latents_path(video)
+    if given is None and not os.path.isfile(path):
+        return None
+    latents, meta = read_latents(path)
+    k = int(meta.get("frames_per_latent", 1))
+    if -(-frames // k) != len(latents):
+        raise MigaError(f"latents {path} hold {len(latents)} latents ({k} frame(s) each), but {video} has "
+                        f"{frames} frames")
+    if len(latents) < 2:
+        return None
+    result = latent_consistency(latents, int(meta.get("chunk", 1)), int(meta.get("refs", 1)),
+                                str(meta.get("score_mode", "frame")))
+    return {"file": path, "frames_per_latent": k, **result}
+
+
+VBENCH_PROTOCOL = ("VBench-Long: each video is split into consecutive 2-second clips at its own fps (the last clip "
+                   "back-padded); each clip is scored, clips are averaged per video, then videos are averaged. "
+                   "S.C./B.C. are the in-clip scores; their clip-to-clip, fused and whole-video modes are in "
+                   "*_consistency_modes.")
+OVERALL_DEFINITION = {"overall": "plain mean of the four raw scores",
+                      "overall_normalized": "mean of the four scores after VBench's min-max normalisation "
+                                            "(normalization: [min, max] per dimension; not clamped)"}
+
+
+def _vbench_table(results: list[dict], summary: dict, extractors: dict) -> str:
+    from miga.evaluation.vbench import DIMENSIONS
+
+    star = {d: "*" if extractors[d]["proxy"] else "" for d in DIMENSIONS}
+    heads = {"temporal_flicker": "T.F.", "motion_smoothness": "M.S.", "subject_consistency": "S.C.",
+             "background_consistency": "B.C."}
+    rows = [(r["video"], str(r["frames"]), f"{r['fps']:g}", str(len(r["clips"])), r) for r in results]
+    if len(results) > 1:
+        rows.append((f"mean of {len(results)}", "", "", "", summary))
+    width = max(5, *(len(row[0]) for row in rows))
+    cols = [heads[d] + star[d] for d in DIMENSIONS] + ["overall", "normalized"]
+    lines = [f"{'video':<{width}}  {'frames':>6}  {'fps':>5}  {'clips':>5}  " + "  ".join(f"{c:>10}" for c in cols)]
+    for name, frames, fps, clips, r in rows:
+        nums = [r[d] for d in DIMENSIONS] + [r["overall"], r["overall_normalized"]]
+        lines.append(f"{name:<{width}}  {frames:>6}  {fps:>5}  {clips:>5}  " + "  ".join(f"{v:>10.4f}" for v in nums))
+    lines.append("")
+    lines.append(f"{'video':<{width}}  {'':>5}  {'in-clip':>10}  {'clip2clip':>10}  {'fused':>10}  {'whole':>10}")
+    for name, _, _, _, r in rows:
+        for d in ("subject_consistency", "background_consistency"):
+            m = r[f"{d}_modes"]
+            lines.append(f"{name:<{width}}  {heads[d] + star[d]:>5}  " + "  ".join(
+                f"{_cell(m[k], '.4f'):>10}" for k in ("inclip", "clip2clip", "fused", "whole_video")))
+    latent_rows = [r for r in results if r.get("latent_consistency")]
+    if latent_rows:
+        lines.append("")
+        lines.append("MIGA latent consistency score (method.md Eqs. 5-7) from the saved latents, not the video:")
+        for r in latent_rows:
+            lc = r["latent_consistency"]
+            lines.append(f"{r['video']:<{width}}  to first {_cell(lc['mean_to_first'], '.4f')}  to previous "
+                         f"{_cell(lc['mean_to_previous'], '.4f')}  chunk of {lc['chunk']} to {lc['refs']} in "
+                         f"front {_cell(lc['mean_chunk_score'], '.4f')}  ({lc['file']})")
+    lines.append("")
+    lines.append("T.F., M.S., S.C., B.C. from the decoded video; 2-s clips (VBench-Long), S.C./B.C. in-clip. "
+                 "overall: plain mean of the four; normalized: mean after VBench's min-max normalisation.")
+    lines.append("fused: 0.5 in-clip + 0.5 clip2clip (first frame of each clip; identity mapping); whole: the "
+                 "formula over all frames.")
+    for d in DIMENSIONS:
+        if extractors[d]["proxy"]:
+            lines.append(f"{heads[d]}* proxy: {extractors[d]['name']}")
+    return "\n".join(lines)
+
+
+def evaluate_vbench(args) -> int:
+    """``miga eval`` without ``--world``: VBench-Long quality metrics from the decoded videos."""
+    from miga.evaluation.features import ProxyFeatures, load_clip, load_dino
+    from miga.evaluation.interpolation import FlowMidpoint, amt_interpolator
+    from miga.evaluation.vbench import DIMENSIONS, NORMALIZATION, aggregate, evaluate_video
+    from miga.video import atomic_write_text, read_video
+
+    if args.prompt is not None:
+        raise MigaError("--prompt applies to --world shapes only")
+    _check_output(args.json)
+    _check_output(args.plot, ".png", "--plot")
+    if args.latents and len(args.latents) != len(args.videos):
+        raise MigaError(f"give --latents once per video: {len(args.videos)} video(s), {len(args.latents)} --latents")
+    for path in args.latents or []:
+        if not os.path.isfile(path):
+            raise MigaError(f"cannot read latents {path}: no such file")
+    if args.amt:
+        amt_interpolator(args.amt)
+    interpolator = FlowMidpoint()
+    subject = load_dino(args.dino) if args.dino else ProxyFeatures("dino")
+    background = load_clip(args.clip) if args.clip else ProxyFeatures("clip")
+    extractors = {"temporal_flicker": {"name": "pixels of the decoded frames (exact)", "proxy": False},
+                  "motion_smoothness": {"name": interpolator.name, "proxy": interpolator.proxy},
+                  "subject_consistency": {"name": subject.name, "proxy": subject.proxy},
+                  "background_consistency": {"name": background.name, "proxy": background.proxy}}
+    results = []
+    for i, path in enumerate(args.videos):
+        frames, fps = read_video(path)
+        if len(frames) < 3:
+            raise MigaError(f"{path} has {len(frames)} frame(s); the VBench metrics need at least 3")
+        if not fps > 0:
+            raise MigaError(f"{path} has no frame rate")
+        result = {"video": path, **evaluate_video(frames, fps, subject, background, interpolator)}
+        del frames
+        result["latent_consistency"] = _video_latents(path, args.latents[i] if args.latents else None,
+                                                      result["frames"])
+        results.append(result)
+    summary = aggregate(results)
+    print(_vbench_table(results, summary, extractors))
+    if args.json:
+        from statistics import fmean
+
+        lcs = [r["latent_consistency"] for r in results if r["latent_consistency"]]
+        latent = None
+        if lcs:  # the mean over the videos that have latents (and chunk scores)
+            latent = {"videos": len(lcs)}
+            for key in ("mean_to_first", "mean_to_previous", "mean_chunk_score"):
+                values = [lc[key] for lc in lcs if lc[key] is not None]
+                latent[key] = fmean(values) if values else None
+        report = {"protocol": VBENCH_PROTOCOL, **{d: summary[d] for d in DIMENSIONS},
+                  "overall": summary["overall"], "overall_normalized": summary["overall_normalized"],
+                  "overall_definition": OVERALL_DEFINITION, "normalization": NORMALIZATION,
+                  "subject_consistency_modes": summary["subject_consistency_modes"],
+                  "background_consistency_modes": summary["background_consistency_modes"],
+                  "extractors": extractors, "proxy": [d for d in DIMENSIONS if extractors[d]["proxy"]],
+                  "latent_consistency": latent, "videos": results}
+        atomic_write_text(args.json, json.dumps(report, indent=1) + "\n")
+    if args.plot:
+        from miga.evaluation.plot import plot_consistency
+
+        plot_consistency(results, args.plot, {d: e["name"] for d, e in extractors.items()})  # proxies say so
+    return 0
+
+
 def evaluate(args) -> int:
     if args.world is None:
-        raise MigaError("VBench metrics are not implemented yet; use --world shapes for the shapes world's "
-                        "metrics")
+        return evaluate_vbench(args)
+    given = [flag for flag in ("plot", "dino", "clip", "amt", "latents") if getattr(args, flag)]
+    if given:
+        raise MigaError(f"{', '.join('--' + f for f in given)} apply to the VBench metrics, not --world")
     import torch
 
     from miga.video import atomic_write_text, read_video
