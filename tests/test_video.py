@@ -96,3 +96,18 @@ def test_atomic_write_text(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["meta.json"]
     with pytest.raises(MigaError):
         atomic_write_text(tmp_path / "nope" / "x.txt", "x")
+
+
+def test_the_same_frames_give_the_same_file(tmp_path):
+    """One encoder thread: eval numbers of a regenerated video do not depend on thread timing."""
+    import hashlib
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(40)]
+    digests = []
+    for k in range(2):
+        with VideoWriter(str(tmp_path / f"{k}.mp4"), 12) as writer:
+            for f in frames:
+                writer.write(f)
+        digests.append(hashlib.sha256((tmp_path / f"{k}.mp4").read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
