@@ -24,7 +24,7 @@ from miga.toy.nets import FrameAutoencoder, SpaceTimeDenoiser, ToyConfig
 from miga.worlds.shapes import parse_prompt
 
 WEIGHTS_FILE = "shapes.safetensors"
-WEIGHTS_SHA256 = ""
+WEIGHTS_SHA256 = "5fe9630c88a0850deadfd35c0efcc52dbd0eafab6004a059f6cebede46e47ee1"
 """SHA-256 of the shipped weights file (``tests/test_shapes_model.py`` checks it)."""
 
 

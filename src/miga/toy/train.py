@@ -55,7 +55,7 @@ class TrainConfig:
     ae_lr: float = 2e-3
     ae_latent_noise: float = 0.1
     ae_object_weight: float = 9.0
-    steps: int = 6000
+    steps: int = 5000
     batch: int = 16
     lr: float = 6e-4
     warmup: int = 200
@@ -278,6 +278,7 @@ class ToyTrainer:
                 "training": json.dumps(training)}
         tmp = path + ".tmp"
         save_file(tensors, tmp, metadata=meta)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
         return path
 
