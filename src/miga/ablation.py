@@ -1,0 +1,559 @@
+"""``miga ablate``: the paper's ablation (Table 5 rows) and two parameter sweeps, measured.
+
+Every row is a config transform of the model's own preset (README's switch table)::
+
+    fifo     FIFO-Diffusion        preset(name, "fifo")
+    stage1   + Stage 1             MIGA preset, guides=0, stage2_steps=0, reflection=False
+    tta      + Stage 2 (= TTA)     MIGA preset, guides=0, reflection=False
+    dce      DCE alone             MIGA preset, zigzag_width=1, stage2_steps=0 (guides and reflection on)
+    miga     MIGA                  the MIGA preset as it is
+
+and the sweeps vary one field of the full MIGA preset (``threshold``: delta_adju, ``guides``: m_guid).
+
+For each (row, prompt, seed) a video is generated with :class:`~miga.pipeline.LongVideo`, written to an
+MP4 and decoded again, so that every metric comes from the file, as VBench does: the four VBench-Long
+quality scores (:func:`miga.evaluation.evaluate_video`) and, for the shapes model, the shapes-world metrics
+(:func:`miga.worlds.metrics.evaluate_frames`). NFE per frame and seconds per frame (the wall time of
+generation alone: not the MP4 encoding, not the metrics) come from the run. Rows are the mean over prompts
+and seeds; ``results.json`` also keeps the standard deviation, min, max and every run.
+
+Runs are stored under ``OUT/runs/`` by a digest of what determines them (model, frame size, frames, config,
+prompt, seed): a run whose record exists is not repeated (resume), and two rows with the same config (e.g. the
+sweep value that equals the preset) share their runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+from miga.config import FIFOConfig, MIGAConfig, preset
+from miga.errors import MigaError
+
+Config = MIGAConfig | FIFOConfig
+
+
+# ----------------------------------------------------------------------------------------------------
+# rows
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: a name for ``--rows``, a label, and a config transform of a preset name."""
+
+    key: str
+    label: str
+    group: str  # "table5" or the sweep's name
+    make: Callable[[str], Config] = field(compare=False, repr=False)
+
+    def config(self, preset_name: str) -> Config:
+        return self.make(preset_name)
+
+
+def _miga(name: str) -> MIGAConfig:
+    return preset(name, "miga")
+
+
+TABLE5 = (
+    Row("fifo", "FIFO-Diffusion", "table5", lambda p: preset(p, "fifo")),
+    Row("stage1", "+ Stage 1", "table5", lambda p: _miga(p).with_(guides=0, stage2_steps=0, reflection=False)),
+    Row("tta", "+ Stage 2 (= TTA)", "table5", lambda p: _miga(p).with_(guides=0, reflection=False)),
+    Row("dce", "DCE alone", "table5", lambda p: _miga(p).with_(zigzag_width=1, stage2_steps=0)),
+    Row("miga", "MIGA", "table5", _miga),
+)
+"""The rows of the paper's Table 5, in its order."""
+ROWS = {row.key: row for row in TABLE5}
+
+SWEEPS = {
+    "threshold": ("reflection_threshold", "delta_adju", (0.005, 0.01, 0.02, 0.05)),
+    "guides": ("guides", "m_guid", (0, 2, 4, 6)),
+}
+"""Sweep name -> (config field, paper symbol, default values); each value is the full MIGA preset with that
+field changed. The defaults all validate for f_0 = 16 (the built-in models)."""
+
+DEFAULT_PROMPTS = {
+    "shapes": (
+        "a red circle bouncing on a blue background",
+        "a yellow triangle drifting on a gradient gray background",
+        "a white square orbiting on a green background",
+        "a cyan circle and an orange square bouncing on a black background",
+    ),
+    "gaussian": (
+        "drifting clouds",
+        "a red circle bouncing",
+        "ocean waves at sunset",
+    ),
+}
+"""Built-in prompt sets: the shapes grammar for the shapes model, free text for the Gaussian worlds."""
+DEFAULT_SEEDS = (0, 1)
+DEFAULT_FRAMES = 128
+
+
+def _value_text(value) -> str:
+    return format(value, "g") if isinstance(value, float) else str(value)
+
+
+def sweep_rows(name: str, values: Sequence | None = None) -> list[Row]:
+    """The rows of one sweep: the MIGA preset with the sweep's field set to each value."""
+    if name not in SWEEPS:
+        raise MigaError(f"unknown sweep {name!r}; choose from {', '.join(SWEEPS)} (or none)")
+    fld, symbol, default = SWEEPS[name]
+    rows = []
+    for v in default if values is None else values:
+        text = _value_text(v)
+        rows.append(Row(f"{name}={text}", f"MIGA, {symbol} = {text}", name,
+                        lambda p, v=v, fld=fld: _miga(p).with_(**{fld: v})))
+    return rows
+
+
+def select_rows(rows: Sequence[str] | None = None, sweeps: Sequence[str] | None = None,
+                values: dict[str, Sequence] | None = None) -> list[Row]:
+    """Table-5 rows by key (default: all, in the paper's order) followed by the named sweeps' rows."""
+    keys = list(ROWS) if rows is None else list(rows)
+    unknown = [k for k in keys if k not in ROWS]
+    if unknown:
+        raise MigaError(f"unknown row {unknown[0]!r}; choose from {', '.join(ROWS)}")
+    if len(set(keys)) != len(keys):
+        raise MigaError("a row is named twice in --rows")
+    out = [ROWS[k] for k in keys]
+    for name in list(SWEEPS) if sweeps is None else sweeps:
+        out += sweep_rows(name, (values or {}).get(name))
+    if not out:
+        raise MigaError("nothing to run: give --rows or --sweeps")
+    return out
+
+
+def describe(config: Config, native_frames: int) -> str:
+    """The config's switches in the paper's symbols, e.g. ``T=32 L_zig=4 K2=6 m=4 delta=0.01``."""
+    if isinstance(config, FIFOConfig):
+        return (f"T={config.steps(native_frames)} (n={config.partitions})"
+                + (", lookahead" if config.lookahead else ""))
+    parts = [f"T={config.steps}", f"L_zig={config.zigzag_width}", f"K2={config.stage2_steps}",
+             f"m={config.guides}", f"delta={_value_text(config.reflection_threshold)}" if config.reflection
+             else "no refl."]
+    return " ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------------
+# runs
+
+
+@dataclass
+class Run:
+    """One (row, prompt, seed) to generate and measure; ``digest`` names its files."""
+
+    rows: list[str]
+    config: Config
+    prompt_index: int
+    prompt: str
+    seed: int
+    key: dict
+    digest: str
+
+
+def model_identity(model: str) -> str:
+    """What makes a model's videos reproducible: the name of a weight-free world, or the SHA-256 of a
+    weights file (the shipped one for ``shapes``)."""
+    if model == "shapes" or model.endswith(".safetensors"):
+        from miga.backbones.shapes import file_sha256, shipped_weights
+
+        path = shipped_weights() if model == "shapes" else model
+        if not os.path.isfile(path):
+            return model  # load_backbone reports the missing file
+        return f"{model if model == 'shapes' else 'file'}:sha256={file_sha256(path)}"
+    return model
+
+
+def plan(rows: Sequence[Row], preset_name: str, native_frames: int, prompts: Sequence[str], seeds: Sequence[int],
+         frames: int, model_id: str, size: dict,
+         window_batch: int | None = None) -> tuple[dict[str, Config], list[Run]]:
+    """Each row's config (validated) and the distinct runs, keyed by digest."""
+    configs: dict[str, Config] = {}
+    for row in rows:
+        try:
+            cfg = row.config(preset_name).with_(window_batch=window_batch)
+            cfg.validate(native_frames)
+        except MigaError as exc:
+            raise MigaError(f"row {row.key}: {exc}") from None
+        configs[row.key] = cfg
+    runs: dict[str, Run] = {}
+    for row in rows:
+        cfg = configs[row.key]
+        for i, prompt in enumerate(prompts):
+            for seed in seeds:
+                key = {"model": model_id, **size, "frames": frames, "method": type(cfg).__name__,
+                       "config": asdict(cfg), "prompt": prompt, "seed": seed}
+                digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+                if digest in runs:
+                    runs[digest].rows.append(row.key)
+                else:
+                    runs[digest] = Run([row.key], cfg, i, prompt, seed, key, digest)
+    return configs, list(runs.values())
+
+
+def _generate(backbone, run: Run, frames: int, path: str) -> dict:
+    """Generate one video into ``path``; the generation numbers (seconds: frames only, no encoding)."""
+    from miga.pipeline import LongVideo
+    from miga.video import VideoWriter, prompts_metadata
+
+    t0 = time.perf_counter()
+    video = LongVideo(backbone, run.prompt, frames, run.config, seed=run.seed)
+    it = video.frames()
+    seconds = time.perf_counter() - t0
+    shape = None
+    with VideoWriter(path, backbone.fps, metadata=prompts_metadata([(0, run.prompt)])) as writer:
+        while True:
+            t = time.perf_counter()
+            try:
+                frame = next(it)
+            except StopIteration:
+                seconds += time.perf_counter() - t
+                break
+            seconds += time.perf_counter() - t
+            shape = shape or frame.shape
+            writer.write(frame)
+    s = video.stats
+    return {"frames": frames, "height": shape[0], "width": shape[1], "latents": video.num_latents, "nfe": s.nfe,
+            "nfe_per_frame": s.nfe / frames, "seconds": seconds, "seconds_per_frame": seconds / frames,
+            "model_seconds": s.model_seconds,
+            "reflection_checks": s.reflection_checks, "reflection_triggers": s.reflection_triggers,
+            "reflection_adoptions": s.reflection_adoptions}
+
+
+@dataclass
+class Meters:
+    """The VBench extractors and interpolator, and whether the shapes-world metrics apply."""
+
+    subject: object
+    background: object
+    interpolator: object
+    world: bool
+
+    @property
+    def names(self) -> dict:
+        return {"subject_consistency": self.subject.name, "background_consistency": self.background.name,
+                "motion_smoothness": self.interpolator.name, "world": "shapes" if self.world else None}
+
+    @property
+    def proxies(self) -> list[str]:
+        return [d for d, m in (("motion_smoothness", self.interpolator), ("subject_consistency", self.subject),
+                               ("background_consistency", self.background)) if m.proxy]
+
+
+def _measure(path: str, prompt: str, meters: Meters) -> dict:
+    """The metrics of one video, from its decoded file."""
+    from miga.evaluation import DIMENSIONS, evaluate_video
+    from miga.video import read_video
+
+    frames, fps = read_video(path)
+    if len(frames) < 3:
+        raise MigaError(f"{path} has {len(frames)} frame(s); the VBench metrics need at least 3")
+    t0 = time.perf_counter()
+    vb = evaluate_video(frames, fps, meters.subject, meters.background, meters.interpolator)
+    out = {"vbench": {k: vb[k] for k in (*DIMENSIONS, "overall", "overall_normalized", "clip_length",
+                                         "subject_consistency_modes", "background_consistency_modes")},
+           "world": None, "extractors": meters.names}
+    if meters.world:
+        from miga.worlds.metrics import evaluate_frames
+        from miga.worlds.shapes import parse_prompt
+
+        out["world"] = evaluate_frames(frames, parse_prompt(prompt)).summary
+    out["eval_seconds"] = time.perf_counter() - t0
+    return out
+
+
+def _load_record(path: str, run: Run) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            record = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("key") == run.key else None
+
+
+def execute(backbone, runs: Sequence[Run], frames: int, out_dir: str, meters: Meters, *,
+            progress: bool = True) -> tuple[dict[str, dict], int]:
+    """Generate and measure every run not already recorded in ``out_dir/runs``; returns the records by
+    digest and the number of runs skipped because their record existed."""
+    from tqdm import tqdm
+
+    from miga.video import atomic_write_text
+
+    run_dir = os.path.join(out_dir, "runs")
+    os.makedirs(run_dir, exist_ok=True)
+    records: dict[str, dict] = {}
+    skipped = 0
+    bar = tqdm(runs, unit="run", desc="ablate", disable=not progress, dynamic_ncols=True)
+    for run in bar:
+        bar.set_postfix_str(f"{run.rows[0]} p{run.prompt_index} s{run.seed}")
+        json_path = os.path.join(run_dir, run.digest + ".json")
+        video_path = os.path.join(run_dir, run.digest + ".mp4")
+        record = _load_record(json_path, run) if os.path.isfile(video_path) else None
+        if record is not None and record.get("extractors") == meters.names:
+            skipped += 1
+        else:
+            if record is None:  # generate; otherwise only the metrics changed (other extractors)
+                record = {"key": run.key, "video": os.path.relpath(video_path, out_dir),
+                          **_generate(backbone, run, frames, video_path)}
+            record.update(_measure(video_path, run.prompt, meters))
+            atomic_write_text(json_path, json.dumps(record, indent=1) + "\n")
+        records[run.digest] = record
+    bar.close()
+    return records, skipped
+
+
+# ----------------------------------------------------------------------------------------------------
+# aggregation and the table
+
+VBENCH_COLUMNS = (("temporal_flicker", "T.F."), ("motion_smoothness", "M.S."), ("subject_consistency", "S.C."),
+                  ("background_consistency", "B.C."), ("overall", "overall"))
+WORLD_COLUMNS = (("presence", "present", "pct"), ("shape_accuracy", "shape", "pct"),
+                 ("jump_mean_px", "jump mean (px)", ".2f"), ("jump_max_px", "jump max (px)", ".1f"),
+                 ("background_change", "bg change", ".4f"), ("background_error", "bg error", ".4f"))
+RUN_COLUMNS = ("nfe_per_frame", "seconds_per_frame", "reflection_triggers", "reflection_adoptions")
+
+
+def _spread(values: list) -> dict | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values), "n": len(values)}
+
+
+def aggregate(rows: Sequence[Row], configs: dict[str, Config], runs: Sequence[Run], records: dict[str, dict],
+              native_frames: int) -> list[dict]:
+    """Per row: the config, its runs and the mean / std / min / max of every number over them."""
+    out = []
+    first_of: dict[str, str] = {}
+    for row in rows:
+        mine = [records[r.digest] for r in runs if row.key in r.rows]
+        digests = [r.digest for r in runs if row.key in r.rows]
+        shared = next((first_of[d] for d in digests if d in first_of), None)
+        for d in digests:
+            first_of.setdefault(d, row.key)
+        stats = {d: _spread([m["vbench"][d] for m in mine]) for d, _ in VBENCH_COLUMNS}
+        stats.update({c: _spread([m[c] for m in mine]) for c in RUN_COLUMNS})
+        if all(m.get("world") for m in mine):
+            stats.update({c: _spread([m["world"][c] for m in mine]) for c, _, _ in WORLD_COLUMNS})
+        out.append({"key": row.key, "label": row.label, "group": row.group,
+                    "switches": describe(configs[row.key], native_frames), "same_runs_as": shared,
+                    "config": {"method": type(configs[row.key]).__name__, **asdict(configs[row.key])},
+                    "runs": len(mine), "videos": [m["video"] for m in mine], "stats": stats})
+    return out
+
+
+def _cell(stat: dict | None, fmt: str, spread: bool) -> str:
+    if stat is None:
+        return "-"
+    if fmt == "pct":
+        text = f"{stat['mean']:.1%}"
+        return text + (f" ±{stat['std']:.1%}" if spread and stat["n"] > 1 else "")
+    text = format(stat["mean"], fmt)
+    return text + (f" ±{format(stat['std'], fmt)}" if spread and stat["n"] > 1 else "")
+
+
+def markdown(result: dict) -> str:
+    """``results.md``: the command, the setting, one table per row group, the footnotes."""
+    rows, proxies = result["rows"], set(result["proxy"])
+    world = any("presence" in r["stats"] for r in rows)
+    heads = ["row", "switches", "runs"] + [h + ("*" if d in proxies else "") for d, h in VBENCH_COLUMNS]
+    if world:
+        heads += [h for _, h, _ in WORLD_COLUMNS]
+    heads += ["NFE/frame", "s/frame", "refl. trig./adopt."]
+    titles = {"table5": "Table 5 rows", **{name: f"Sweep: {SWEEPS[name][1]} ({SWEEPS[name][0]}) on full MIGA"
+                                           for name in SWEEPS}}
+    lines = [f"Command: `{result['command']}`", "",
+             f"Model `{result['model']}` ({result['frame_size']}, {result['fps']:g} fps, f_0 = "
+             f"{result['native_frames']}, preset `{result['preset']}`), {result['frames']} frames, "
+             f"{len(result['prompts'])} prompt(s) x seeds {', '.join(map(str, result['seeds']))}: each cell is the "
+             "mean ± standard deviation over those runs.", "",
+             "Prompts: " + "; ".join(f"`{p}`" for p in result["prompts"]) + ".", ""]
+    for group in dict.fromkeys(r["group"] for r in rows):
+        lines += [f"**{titles.get(group, group)}**", "", "| " + " | ".join(heads) + " |",
+                  "|" + "|".join(["---"] * 2 + ["---:"] * (len(heads) - 2)) + "|"]
+        for r in (r for r in rows if r["group"] == group):
+            s = r["stats"]
+            label = r["label"] + (f" (= {r['same_runs_as']})" if r["same_runs_as"] else "")
+            cells = [label, r["switches"], str(r["runs"])] + [_cell(s[d], ".4f", True) for d, _ in VBENCH_COLUMNS]
+            if world:
+                cells += [_cell(s.get(c), f, True) for c, _, f in WORLD_COLUMNS]
+            trig, adopt = s["reflection_triggers"], s["reflection_adoptions"]
+            cells += [_cell(s["nfe_per_frame"], ".1f", False), _cell(s["seconds_per_frame"], ".3g", False),
+                      f"{trig['mean']:.1f} / {adopt['mean']:.1f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    notes = ["T.F., M.S., S.C., B.C.: VBench's quality dimensions under VBench-Long's protocol (2-second clips), "
+             "computed from the decoded MP4; overall: their plain mean."]
+    names = result["extractors"]
+    for d, h in VBENCH_COLUMNS:
+        if d in proxies:
+            notes.append(f"{h}* proxy: {names[d]}.")
+    if world:
+        notes.append("present / shape / jumps / bg: shapes-world metrics (`miga eval --world shapes`) against "
+                     "the prompt; jumps are centroid displacements between consecutive frames.")
+    notes.append("NFE/frame: model calls (each guidance branch counted) per output frame. s/frame: wall time of "
+                 f"generation alone (no encoding, no metrics) on this machine ({result['machine']}). "
+                 "refl. trig./adopt.: self-reflection searches triggered / candidates adopted per video.")
+    if any(r["same_runs_as"] for r in rows):
+        notes.append("(= row): the same config as that row, so the same runs.")
+    return "\n".join(lines + [" ".join(notes), ""])
+
+
+# ----------------------------------------------------------------------------------------------------
+# the command
+
+
+def add_arguments(parser) -> None:
+    """``miga ablate``'s options (``parser``: the subcommand's argparse parser)."""
+    from miga.cli import _number
+
+    parser.add_argument("--model", default="shapes", help="shapes (the built-in model, default), a .safetensors "
+                        "file from 'miga train-toy', gaussian or gaussian-clip")
+    parser.add_argument("--rows", metavar="LIST", help=f"comma-separated Table-5 rows: {', '.join(ROWS)} "
+                        "(default: all) or none")
+    parser.add_argument("--sweeps", metavar="LIST", help=f"comma-separated sweeps of full MIGA: "
+                        f"{', '.join(SWEEPS)} (default: both) or none")
+    parser.add_argument("--thresholds", metavar="LIST", help="threshold sweep values (default "
+                        f"{','.join(map(_value_text, SWEEPS['threshold'][2]))})")
+    parser.add_argument("--guide-counts", metavar="LIST", help="guides sweep values (default "
+                        f"{','.join(map(str, SWEEPS['guides'][2]))})")
+    parser.add_argument("--prompt", dest="prompt_list", action="append", default=[], metavar="TEXT",
+                        help="a prompt (one video per prompt and seed); repeat for several")
+    parser.add_argument("--prompts", metavar="FILE", help="a file of prompts, one per line (blank lines and "
+                        "lines starting with # are ignored); default: a built-in set for the model")
+    parser.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), metavar="LIST",
+                        help="comma-separated seeds (default 0,1)")
+    parser.add_argument("--frames", type=_number(minimum=3), default=DEFAULT_FRAMES, metavar="N",
+                        help=f"frames per video (default {DEFAULT_FRAMES})")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder: results.md, results.json and "
+                        "runs/ (videos and per-run records; runs already recorded there are not repeated)")
+    parser.add_argument("--height", type=_number(), help="frame height (Gaussian worlds)")
+    parser.add_argument("--width", type=_number(), help="frame width (Gaussian worlds)")
+    parser.add_argument("--window-batch", type=_number(), metavar="B", help="windows per model call where allowed")
+    parser.add_argument("--threads", type=_number(), help="torch and OpenCV threads (default: their own choice)")
+    parser.add_argument("--dino", metavar="PATH", help="DINO ViT-B/16 folder for S.C. (default: the offline proxy)")
+    parser.add_argument("--clip", metavar="PATH", help="CLIP ViT-B/32 folder for B.C. (default: the offline proxy)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _list(text: str | None, flag: str, kind=str) -> list | None:
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",")]
+    if items == ["none"]:
+        return []
+    if any(not t for t in items):
+        raise MigaError(f"{flag} {text!r}: an empty item; give a comma-separated list")
+    try:
+        values = [kind(t) for t in items]
+    except ValueError:
+        raise MigaError(f"{flag} {text!r}: expected comma-separated {kind.__name__}s") from None
+    if len(set(values)) != len(values):
+        raise MigaError(f"{flag} {text!r}: a value is repeated")
+    return values
+
+
+def read_prompt_list(path: str) -> list[str]:
+    """Prompts from a file: one per line; blank lines and ``#`` comments are skipped."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except OSError as exc:
+        raise MigaError(f"cannot read prompt file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise MigaError(f"prompt file {path} is not UTF-8 text") from None
+    prompts = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not prompts:
+        raise MigaError(f"prompt file {path} holds no prompt")
+    return prompts
+
+
+def _machine(threads: int) -> str:
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} CPU(s), {threads} torch thread(s)"
+
+
+def ablate(args) -> int:
+    """``miga ablate``: plan, check everything, run (resuming), write results.md / results.json."""
+    import torch
+
+    from miga.evaluation.features import ProxyFeatures, load_clip, load_dino
+    from miga.evaluation.interpolation import FlowMidpoint
+    from miga.pipeline import load_backbone
+    from miga.video import atomic_write_text
+
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise MigaError(f"--out {args.out} is a file; give a folder")
+    parent = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(parent):
+        raise MigaError(f"cannot write {args.out}: directory {parent} does not exist")
+    seeds = _list(args.seeds, "--seeds", int)
+    if not seeds:
+        raise MigaError("--seeds: give at least one seed")
+    values = {"threshold": _list(args.thresholds, "--thresholds", float),
+              "guides": _list(args.guide_counts, "--guide-counts", int)}
+    for flag, given in (("--thresholds", values["threshold"]), ("--guide-counts", values["guides"])):
+        if given == []:
+            raise MigaError(f"{flag}: give at least one value (or leave the sweep out of --sweeps)")
+    sweeps = _list(args.sweeps, "--sweeps")
+    for name, flag in (("threshold", "--thresholds"), ("guides", "--guide-counts")):
+        if values[name] is not None and sweeps is not None and name not in sweeps:
+            raise MigaError(f"{flag} is given but the {name} sweep is not run; add it to --sweeps")
+    rows = select_rows(_list(args.rows, "--rows"), sweeps, values)
+    if args.prompts and args.prompt_list:
+        raise MigaError("give prompts either with --prompt or with --prompts FILE, not both")
+    prompts = read_prompt_list(args.prompts) if args.prompts else list(args.prompt_list)
+    if any(not p.strip() for p in prompts):
+        raise MigaError("a prompt is empty; give a non-empty prompt text")
+    if args.threads:
+        from miga.evaluation.interpolation import import_cv2
+
+        torch.set_num_threads(args.threads)
+        import_cv2().setNumThreads(args.threads)  # the motion-smoothness flow
+    backbone = load_backbone(args.model, height=args.height, width=args.width)
+    world = backbone.name == "shapes"
+    if not prompts:
+        prompts = list(DEFAULT_PROMPTS["shapes" if world else "gaussian"])
+    if len(set(prompts)) != len(prompts):
+        raise MigaError("a prompt is given twice")
+    for p in prompts:  # a prompt the model refuses fails before any run
+        backbone.encode_prompt(p)
+    meters = Meters(load_dino(args.dino) if args.dino else ProxyFeatures("dino"),
+                    load_clip(args.clip) if args.clip else ProxyFeatures("clip"), FlowMidpoint(), world)
+    size = {"height": args.height, "width": args.width}
+    preset_name = backbone.default_preset
+    model_id = model_identity(args.model)
+    configs, runs = plan(rows, preset_name, backbone.native_frames, prompts, seeds, args.frames, model_id, size,
+                         args.window_batch)
+    os.makedirs(args.out, exist_ok=True)
+    command = "miga " + shlex.join(getattr(args, "argv", None) or sys.argv[1:])
+    try:
+        records, skipped = execute(backbone, runs, args.frames, args.out, meters, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"miga: interrupted; finished runs are kept in {os.path.join(args.out, 'runs')}; run the same "
+              "command to resume", file=sys.stderr)
+        return 130
+    first = records[runs[0].digest]
+    h, w = first["height"], first["width"]
+    result = {"command": command, "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "model": args.model,
+              "model_id": model_id, "preset": preset_name, "native_frames": backbone.native_frames,
+              "frame_size": f"{w}x{h}", "fps": float(backbone.fps), "frames": args.frames, "prompts": prompts,
+              "seeds": seeds, "machine": _machine(torch.get_num_threads()), "extractors": meters.names,
+              "proxy": meters.proxies, "runs": len(runs), "skipped": skipped,
+              "rows": aggregate(rows, configs, runs, records, backbone.native_frames)}
+    text = markdown(result)
+    atomic_write_text(os.path.join(args.out, "results.md"), text)
+    atomic_write_text(os.path.join(args.out, "results.json"), json.dumps(result, indent=1) + "\n")
+    print(text)
+    print(f"wrote {os.path.join(args.out, 'results.md')} and results.json: {len(runs)} run(s), {skipped} already "
+          "done", file=sys.stderr)
+    return 0

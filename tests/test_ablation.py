@@ -1,0 +1,243 @@
+"""``miga ablate``: the Table-5 rows and sweeps as configs, a tiny end-to-end run, resume, refusals."""
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from miga import ablation, cli
+from miga.config import FIFOConfig, MIGAConfig, preset
+from miga.worlds.shapes import parse_prompt
+
+TINY = ["ablate", "--model", "gaussian", "--height", "32", "--width", "32", "--frames", "24", "--seeds", "0",
+        "--no-progress"]
+METRICS = ("temporal_flicker", "motion_smoothness", "subject_consistency", "background_consistency")
+
+
+def run(capsys, *argv):
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def table_rows(markdown):
+    """``{label: [cells]}`` of every data row of the markdown tables."""
+    rows = {}
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and cells[0] != "row":
+            rows[cells[0]] = cells
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------- rows
+
+
+@pytest.mark.parametrize("name", ["gaussian", "shapes"])
+def test_table5_rows_are_the_readme_switches(name):
+    base = preset(name, "miga")
+    rows = {row.key: row.config(name) for row in ablation.TABLE5}
+    assert list(rows) == ["fifo", "stage1", "tta", "dce", "miga"]
+    assert rows["fifo"] == preset(name, "fifo") and isinstance(rows["fifo"], FIFOConfig)
+    assert rows["stage1"] == replace(base, guides=0, stage2_steps=0, reflection=False)
+    assert rows["tta"] == replace(base, guides=0, reflection=False)
+    assert rows["dce"] == replace(base, zigzag_width=1, stage2_steps=0)
+    assert rows["miga"] == base
+    # spelled out: what README's table says each row switches
+    s1, tta, dce = rows["stage1"], rows["tta"], rows["dce"]
+    assert (s1.zigzag_width, s1.stage2_steps, s1.guides, s1.reflection) == (4, 0, 0, False)
+    assert (tta.zigzag_width, tta.stage2_steps, tta.guides, tta.reflection) == (4, base.stage2_steps, 0, False)
+    assert tta.stage2_steps > 0
+    assert (dce.zigzag_width, dce.stage2_steps, dce.guides, dce.reflection) == (1, 0, base.guides, True)
+    assert base.guides > 0 and base.reflection
+    for cfg in rows.values():
+        cfg.validate(16)
+
+
+def test_sweeps_change_one_field_of_full_miga_and_validate():
+    base = preset("gaussian", "miga")
+    rows = ablation.select_rows([], ["threshold", "guides"])
+    assert [r.key for r in rows] == ["threshold=0.005", "threshold=0.01", "threshold=0.02", "threshold=0.05",
+                                     "guides=0", "guides=2", "guides=4", "guides=6"]
+    for row in rows:
+        cfg = row.config("gaussian")
+        field, value = row.key.split("=")
+        field = {"threshold": "reflection_threshold", "guides": "guides"}[field]
+        assert isinstance(cfg, MIGAConfig) and cfg == replace(base, **{field: type(getattr(base, field))(value)})
+        cfg.validate(16)
+    assert [r.key for r in ablation.select_rows(["miga", "fifo"], [])] == ["miga", "fifo"]
+    assert [r.key for r in ablation.select_rows(None, ["guides"], {"guides": [1, 3]})][-2:] == ["guides=1", "guides=3"]
+
+
+def test_default_prompts_fit_the_models():
+    for prompt in ablation.DEFAULT_PROMPTS["shapes"]:
+        parse_prompt(prompt)  # the shapes grammar
+    assert len(ablation.DEFAULT_PROMPTS["gaussian"]) >= 2
+
+
+# ---------------------------------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ablate") / "tmp"
+    assert cli.main(TINY + ["--rows", "fifo,miga", "--sweeps", "none", "--out", str(out)]) == 0
+    return out
+
+
+def test_end_to_end_writes_a_table_per_config(tiny_run):
+    text = (tiny_run / "results.md").read_text()
+    assert text.startswith("Command: `miga ablate --model gaussian --height 32 --width 32 --frames 24 --seeds 0 ")
+    rows = table_rows(text)
+    assert set(rows) == {"FIFO-Diffusion", "MIGA"}
+    for cells in rows.values():
+        assert cells[2] == str(len(ablation.DEFAULT_PROMPTS["gaussian"]))  # runs: prompts x 1 seed
+        for cell in cells[3:7]:  # T.F., M.S., S.C., B.C.
+            assert 0 <= float(cell.split("±")[0]) <= 1
+    result = json.loads((tiny_run / "results.json").read_text())
+    assert [r["key"] for r in result["rows"]] == ["fifo", "miga"]
+    assert result["frame_size"] == "32x32" and result["frames"] == 24
+    for row in result["rows"]:
+        for d in METRICS:
+            s = row["stats"][d]
+            assert 0 <= s["min"] <= s["mean"] <= s["max"] <= 1
+        assert row["stats"]["nfe_per_frame"]["mean"] > 0 and row["stats"]["seconds_per_frame"]["mean"] > 0
+        assert "presence" not in row["stats"]  # no world metrics for the Gaussian world
+        for video in row["videos"]:
+            assert (tiny_run / video).is_file()
+    assert len(list((tiny_run / "runs").glob("*.mp4"))) == 2 * len(ablation.DEFAULT_PROMPTS["gaussian"])
+    assert not list((tiny_run / "runs").glob("*.partial"))
+    fifo = result["rows"][0]["config"]
+    assert fifo["method"] == "FIFOConfig" and fifo["partitions"] == preset("gaussian", "fifo").partitions
+
+
+def test_records_match_their_videos(tiny_run):
+    """A run's numbers are those of its video file: NFE from the run, metrics from the decoded MP4."""
+    from miga.evaluation import evaluate_video
+    from miga.evaluation.features import ProxyFeatures
+    from miga.evaluation.interpolation import FlowMidpoint
+    from miga.video import read_prompts_metadata, read_video
+
+    path = sorted((tiny_run / "runs").glob("*.json"))[0]
+    record = json.loads(path.read_text())
+    frames, fps = read_video(tiny_run / record["video"])
+    assert len(frames) == record["frames"] == 24
+    assert read_prompts_metadata(tiny_run / record["video"]) == [(0, record["key"]["prompt"])]
+    scores = evaluate_video(frames, fps, ProxyFeatures("dino"), ProxyFeatures("clip"), FlowMidpoint())
+    for d in METRICS:
+        assert record["vbench"][d] == pytest.approx(scores[d], abs=1e-12)
+    assert record["nfe_per_frame"] == record["nfe"] / 24 > 0
+
+
+def test_resume_skips_finished_runs(tiny_run, capsys, monkeypatch):
+    calls = []
+    generate = ablation._generate
+    monkeypatch.setattr(ablation, "_generate", lambda *a: calls.append(a[1].rows) or generate(*a))
+    before = (tiny_run / "results.md").read_text()
+    code, out, err = run(capsys, *TINY, "--rows", "fifo,miga", "--sweeps", "none", "--out", tiny_run)
+    assert code == 0 and calls == []
+    assert "6 run(s), 6 already done" in err
+    assert table_rows(out) == table_rows(before)  # the same numbers, from the records
+    # a lost record is redone, and a new row runs only its own videos; a sweep value equal to the preset
+    # shares the preset's runs
+    victim = sorted((tiny_run / "runs").glob("*.json"))[0]
+    victim.unlink()
+    code, out, err = run(capsys, *TINY, "--rows", "fifo,miga", "--sweeps", "threshold", "--thresholds",
+                         "0.01,0.02", "--out", tiny_run)
+    assert code == 0
+    assert len(calls) == 1 + 3 and sum(r == ["threshold=0.02"] for r in calls) == 3
+    rows = table_rows(out)
+    assert "MIGA, delta_adju = 0.01 (= miga)" in rows
+    assert rows["MIGA, delta_adju = 0.01 (= miga)"][3:] == rows["MIGA"][3:]
+    # a record measured with other extractors gets its metrics again, from the video, without generating
+    record = json.loads(victim.read_text())
+    kept = json.loads(json.dumps({k: record[k] for k in ("nfe", "seconds", "vbench")}))
+    record["extractors"] = {"subject_consistency": "some other network"}
+    record["vbench"]["temporal_flicker"] = -1.0
+    victim.write_text(json.dumps(record))
+    calls.clear()
+    code, out, err = run(capsys, *TINY, "--rows", "fifo,miga", "--sweeps", "none", "--out", tiny_run)
+    assert code == 0 and calls == [] and "6 run(s), 5 already done" in err
+    record = json.loads(victim.read_text())
+    assert {k: record[k] for k in kept} == kept and record["extractors"]["world"] is None
+
+
+# ---------------------------------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--rows", "fifo,foo"], "unknown row 'foo'"),
+    (["--sweeps", "speed"], "unknown sweep 'speed'"),
+    (["--rows", "none", "--sweeps", "none"], "nothing to run"),
+    (["--seeds", "0,a"], "--seeds"),
+    (["--seeds", "0,0"], "repeated"),
+    (["--frames", "2"], "--frames"),
+    (["--guide-counts", "2,16"], "row guides=16: guides (m_guid=16) must be in [0, 15]"),
+    (["--thresholds", "-0.1"], "reflection threshold must be >= 0"),
+    (["--sweeps", "guides", "--thresholds", "0.1"], "--thresholds is given but the threshold sweep is not run"),
+    (["--guide-counts", "none"], "--guide-counts: give at least one value"),
+    (["--prompts", "/nonexistent/prompts.txt"], "cannot read prompt file"),
+    (["--prompt", "  "], "a prompt is empty"),
+    (["--prompt", "a", "--prompt", "a"], "given twice"),
+    (["--height", "30"], "multiple of 8"),
+    (["--model", "nosuchmodel"], "unknown model"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, *TINY, "--out", out, *extra)
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("miga: error:") and message in err, err
+    assert stdout == "" and not out.exists()
+
+
+def test_bad_output_and_model_combinations(tmp_path, capsys):
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    code, _, err = run(capsys, *TINY, "--out", afile)
+    assert code == 2 and "is a file" in err and err.count("\n") == 1
+    code, _, err = run(capsys, *TINY[:-1])  # no --out
+    assert code == 2 and "--out" in err and err.count("\n") == 1
+    code, _, err = run(capsys, "ablate", "--model", "shapes", "--height", "32", "--out", tmp_path / "o")
+    assert code == 2 and err.count("\n") == 1 and not (tmp_path / "o").exists()
+    empty = tmp_path / "prompts.txt"
+    empty.write_text("# nothing\n\n")
+    code, _, err = run(capsys, *TINY, "--prompts", empty, "--out", tmp_path / "o")
+    assert code == 2 and "holds no prompt" in err
+
+
+# ---------------------------------------------------------------------------------------------------- shapes
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    """A barely trained tiny shapes model (the shipped weights may not exist yet)."""
+    from miga.toy.nets import ToyConfig
+    from miga.toy.train import WEIGHTS, TrainConfig, start_or_resume
+
+    root = tmp_path_factory.mktemp("toy")
+    recipe = TrainConfig(ae_steps=2, ae_batch=2, steps=2, batch=2, warmup=1, checkpoint_every=2)
+    assert start_or_resume(str(root), recipe, ToyConfig.tiny()).run(progress=False)
+    return root / WEIGHTS
+
+
+def test_shapes_model_adds_world_metrics(tiny_weights, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# one video per line\na red circle bouncing on a blue background\n\n")
+    code, out, err = run(capsys, "ablate", "--model", tiny_weights, "--prompts", prompts, "--frames", "16",
+                         "--seeds", "3", "--rows", "fifo", "--sweeps", "none", "--out", tmp_path / "o",
+                         "--no-progress")
+    assert code == 0, err
+    header = next(line for line in out.splitlines() if line.startswith("| row"))
+    assert "| present | shape |" in header and "bg error" in header
+    result = json.loads((tmp_path / "o" / "results.json").read_text())
+    stats = result["rows"][0]["stats"]
+    assert 0 <= stats["presence"]["mean"] <= 1 and stats["background_error"]["mean"] is not None
+    assert result["prompts"] == ["a red circle bouncing on a blue background"] and result["seeds"] == [3]
+    assert result["model_id"].startswith("file:sha256=")
+    # a prompt outside the grammar is refused before any run
+    code, _, err = run(capsys, "ablate", "--model", tiny_weights, "--prompt", "drifting clouds", "--out",
+                       tmp_path / "p", "--no-progress")
+    assert code == 2 and "unknown word" in err and err.count("\n") == 1 and not (tmp_path / "p").exists()
