@@ -103,11 +103,11 @@ def test_the_same_frames_give_the_same_file(tmp_path):
     import hashlib
 
     rng = np.random.default_rng(0)
-    frames = [rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(40)]
+    frames = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(40)]
     digests = []
-    for k in range(2):
+    for k in range(4):
         with VideoWriter(str(tmp_path / f"{k}.mp4"), 12) as writer:
             for f in frames:
                 writer.write(f)
         digests.append(hashlib.sha256((tmp_path / f"{k}.mp4").read_bytes()).hexdigest())
-    assert digests[0] == digests[1]
+    assert len(set(digests)) == 1

@@ -71,7 +71,8 @@ class VideoWriter:
         stream.width, stream.height = width + width % 2, height + height % 2
         stream.pix_fmt = "yuv420p"
         stream.codec_context.time_base = 1 / self._rate
-        stream.options = {"crf": str(self.crf), "threads": "1"}  # one thread: the same frames give the same file
+        # one thread and no macroblock-tree lookahead: the same frames give the same file at every size
+        stream.options = {"crf": str(self.crf), "threads": "1", "x264-params": "mbtree=0"}
         self._stream = stream
         self._container.start_encoding()  # write the header now, so the .partial file exists
 
