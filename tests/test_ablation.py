@@ -8,19 +8,11 @@ import pytest
 from miga import ablation, cli
 from miga.config import FIFOConfig, MIGAConfig, preset
 from miga.worlds.shapes import parse_prompt
+from cli_helpers import run
 
 TINY = ["ablate", "--model", "gaussian", "--height", "32", "--width", "32", "--frames", "24", "--seeds", "0",
         "--no-progress"]
 METRICS = ("temporal_flicker", "motion_smoothness", "subject_consistency", "background_consistency")
-
-
-def run(capsys, *argv):
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse errors
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def table_rows(markdown):

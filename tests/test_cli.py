@@ -7,6 +7,7 @@ import pytest
 
 from miga import cli
 from miga.video import read_video
+from cli_helpers import interrupt_frames_after
 
 SMALL = ["--model", "gaussian", "--height", "32", "--width", "32", "--no-progress"]
 
@@ -115,17 +116,7 @@ def test_missing_or_empty_prompt(tmp_path, capsys, argv, needle):
 
 
 def test_interrupted_run_leaves_no_finished_file(tmp_path, capsys, monkeypatch):
-    from miga.pipeline import LongVideo
-
-    real = LongVideo.frames
-
-    def frames_then_interrupt(self):
-        for i, frame in enumerate(real(self)):
-            if i == 5:
-                raise KeyboardInterrupt
-            yield frame
-
-    monkeypatch.setattr(LongVideo, "frames", frames_then_interrupt)
+    interrupt_frames_after(monkeypatch, 5)
     out, stats = tmp_path / "v.mp4", tmp_path / "s.json"
     code, err = run(capsys, "generate", "x", "--frames", "40", "--out", str(out), "--stats", str(stats), *SMALL)
     assert code == 130 and "interrupted" in err

@@ -11,19 +11,11 @@ from miga import cli
 from miga.evaluation import clip_length, split_clips, temporal_flicker
 from miga.evaluation.latents import read_latents
 from miga.video import VideoWriter, read_video
+from cli_helpers import run
 
 DIMENSIONS = ("temporal_flicker", "motion_smoothness", "subject_consistency", "background_consistency")
 GEN = ["generate", "drifting clouds", "--model", "gaussian", "--height", "32", "--width", "32", "--frames", "24",
        "--no-progress"]
-
-
-def run(capsys, *argv):
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse errors
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def write(path, frames, fps=8):
@@ -62,18 +54,11 @@ def test_save_latents(generated):
 
 
 def test_saving_latents_keeps_the_frames():
-    class Sink:
-        def __init__(self):
-            self.latents = []
-
-        def write(self, latent):
-            self.latents.append(latent)
-
-    sink = Sink()
-    saving = list(cli._frames_saving(gaussian_video(), sink))
+    latents = []
+    saving = list(gaussian_video().frames(on_latent=latents.append))
     plain = list(gaussian_video().frames())
     assert len(saving) == 24 and all(np.array_equal(a, b) for a, b in zip(saving, plain))
-    assert len(sink.latents) == 24
+    assert len(latents) == 24
 
 
 def test_eval_generated_video(generated, capsys, tmp_path):

@@ -7,6 +7,7 @@ from PIL import Image
 from miga import cli
 from miga.errors import MigaError
 from miga.preview import GAP, LABEL_HEIGHT, ContactSheet, evenly_spaced
+from cli_helpers import interrupt_frames_after
 
 
 def solid(index, size=16):
@@ -94,17 +95,7 @@ def test_bad_preview_path_exits_2_before_work(tmp_path, capsys, preview, needle)
 
 
 def test_interrupted_run_writes_no_preview(tmp_path, capsys, monkeypatch):
-    from miga.pipeline import LongVideo
-
-    real = LongVideo.frames
-
-    def frames_then_interrupt(self):
-        for i, frame in enumerate(real(self)):
-            if i == 5:
-                raise KeyboardInterrupt
-            yield frame
-
-    monkeypatch.setattr(LongVideo, "frames", frames_then_interrupt)
+    interrupt_frames_after(monkeypatch, 5)
     sheet = tmp_path / "sheet.png"
     code = cli.main(["generate", "x", "--frames", "20", "--out", str(tmp_path / "v.mp4"), "--preview", str(sheet),
                      *SMALL])

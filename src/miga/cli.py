@@ -214,23 +214,6 @@ def _latent_writer(path: str, video, args):
     return LatentWriter(path, video.num_latents, tuple(bb.latent_shape), meta)
 
 
-def _frames_saving(video, latents):
-    """``video.frames()`` that also hands every finished latent to ``latents``: the same frames, decoded
-    through the backbone's streaming decoder (the Backbone protocol), trimmed to the requested count."""
-    decoder = video.backbone.decoder()
-    count = 0
-    for latent in video.latents():
-        latents.write(latent)
-        for frame in decoder.push(latent):
-            if count < video.num_frames:
-                count += 1
-                yield frame
-    for frame in decoder.flush():
-        if count < video.num_frames:
-            count += 1
-            yield frame
-
-
 def generate(args) -> int:
     from tqdm import tqdm
 
@@ -258,7 +241,7 @@ def generate(args) -> int:
     try:
         with VideoWriter(args.out, backbone.fps,
                          metadata=prompts_metadata(zip(prompts.starts, prompts.prompts))) as writer:
-            for i, frame in enumerate(video.frames() if latents is None else _frames_saving(video, latents)):
+            for i, frame in enumerate(video.frames() if latents is None else video.frames(on_latent=latents.write)):
                 writer.write(frame)
                 if sheet is not None:
                     sheet.offer(i, frame)

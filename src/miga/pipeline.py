@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -131,11 +131,14 @@ class LongVideo:
         for slot in slots:
             yield slot.latent
 
-    def frames(self) -> Iterator[np.ndarray]:
-        """Decoded RGB frames (uint8 ``[H, W, 3]``), streamed as latents finish; exactly ``num_frames``."""
+    def frames(self, on_latent: Callable[[torch.Tensor], Any] | None = None) -> Iterator[np.ndarray]:
+        """Decoded RGB frames (uint8 ``[H, W, 3]``), streamed as latents finish; exactly ``num_frames``.
+        ``on_latent`` (e.g. a latent file writer) also receives every finished latent."""
         decoder = self.backbone.decoder()
         count = 0
         for latent in self.latents():
+            if on_latent is not None:
+                on_latent(latent)
             for frame in decoder.push(latent):
                 if count < self.num_frames:
                     count += 1
