@@ -75,12 +75,11 @@ class ShapesModel:
         if verify and weights is None and WEIGHTS_SHA256 and file_sha256(path) != WEIGHTS_SHA256:
             raise MigaError(f"{path} is corrupt (SHA-256 mismatch); reinstall miga-video")
         from safetensors import safe_open
-        from safetensors.torch import load_file
 
         try:
-            with safe_open(path, "pt") as f:
+            with safe_open(path, "pt") as f:  # one open for the metadata and the tensors
                 meta = f.metadata() or {}
-            tensors = load_file(path)
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
             if meta.get("format") != "miga-shapes-v1":
                 raise ValueError("not a miga shapes weights file")
             cfg = ToyConfig.from_dict(json.loads(meta["model"]))
