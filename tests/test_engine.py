@@ -64,14 +64,17 @@ def test_tiling_writes_every_latent_once(length, window, stride, offset):
     assert all(w.length == min(window, length) for w in plan)
 
 
+@pytest.mark.parametrize("f0, n", [(16, 4), (21, 3), (5, 2)])
 @pytest.mark.parametrize("lookahead", [True, False])
-def test_fifo_windows_write_every_queue_slot_once(lookahead):
-    f0, n = 16, 4
+def test_fifo_windows_write_every_queue_slot_once(lookahead, f0, n):
     qlen = f0 * n + (f0 // 2 if lookahead else 0)
     plan = fifo_windows(qlen, f0, lookahead)
     written = sorted(i for w in plan for i in w.targets)
     assert written == list(range(f0 // 2 if lookahead else 0, qlen))
-    assert len(plan) == (2 * n if lookahead else n)
+    assert all(w.length == f0 and 0 <= w.start and w.start + w.length <= qlen for w in plan)
+    assert len(plan) == (-(-f0 * n // (f0 - f0 // 2)) if lookahead else n)
+    if lookahead:  # each window writes its latter part
+        assert all(w.write_offset + w.n_update == w.length for w in plan)
     # tail first, so a window never reads a latent written earlier in the same pass (Jacobi)
     for a, b in itertools.combinations(plan, 2):
         assert not set(b.targets) & set(range(a.start, a.start + a.length)) or b.start < a.start

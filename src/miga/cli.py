@@ -54,9 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "'FRAME: prompt' to say where each starts (see README)")
     g.add_argument("--model", default="shapes", help="shapes (the built-in shapes-world model, default), a "
                    ".safetensors file from 'miga train-toy', gaussian (exact Gaussian world), gaussian-clip (the same, "
-                   "denoised like a one-level foundation model)")
+                   "denoised like a one-level foundation model), or a local diffusers folder of Wan2.1-T2V or "
+                   "SkyReels-V2-DF (see README)")
+    g.add_argument("--device", help="where the model runs, e.g. cuda, cuda:1, cpu (default: cuda if available "
+                   "for diffusers models, else cpu)")
+    g.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), help="diffusers models: transformer and "
+                   "text-encoder precision (default bfloat16 on a GPU, float32 on the CPU; the VAE stays float32)")
+    g.add_argument("--window-latents", type=_number(minimum=2), metavar="F", help="diffusers models: latent frames "
+                   "per model window, f_0 (default: the training length, 21 for Wan2.1 = 81 frames)")
+    g.add_argument("--model-batch", type=_number(), metavar="B", help="diffusers models: samples per transformer "
+                   "call (default: all; 1 runs classifier-free guidance as two passes, for less GPU memory)")
     g.add_argument("--method", choices=METHODS, default="miga")
-    g.add_argument("--preset", help="preset: videocrafter2, wan2.1, gaussian, shapes (default: the model's own)")
+    g.add_argument("--preset", help="preset: videocrafter2, wan2.1, skyreels-v2-df, gaussian, shapes (default: "
+                   "the model's own)")
     g.add_argument("--frames", type=_number(), default=128, metavar="N", help="output frames (default 128)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", default="miga.mp4", metavar="FILE.mp4", help="output video (default miga.mp4)")
@@ -214,6 +224,27 @@ def _latent_writer(path: str, video, args):
     return LatentWriter(path, video.num_latents, tuple(bb.latent_shape), meta)
 
 
+def _diffusers_options(args) -> dict:
+    """``--window-latents``/``--model-batch``, which only diffusers models take."""
+    given = {k: v for k, v in (("window_latents", args.window_latents), ("model_batch", args.model_batch))
+             if v is not None}
+    if given and (args.model in ("shapes", "gaussian", "gaussian-clip") or args.model.endswith(".safetensors")):
+        flag = "--" + next(iter(given)).replace("_", "-")
+        raise MigaError(f"{flag} applies to diffusers models (a Wan2.1 or SkyReels-V2 folder), not {args.model}")
+    return given
+
+
+def _explain_frame_rounding(video, frames: int) -> None:
+    """Say how many latents a frame count needs when the VAE decodes more frames than asked (Wan: 4k+1)."""
+    from miga.pipeline import frames_for_latents
+
+    decoded = frames_for_latents(video.backbone, video.num_latents)
+    if decoded != frames:
+        print(f"miga: {video.backbone.name}'s causal VAE decodes k+1 latents to 4k+1 frames: {frames} frames need "
+              f"{video.num_latents} latents ({decoded} frames); the last {decoded - frames} are not written",
+              file=sys.stderr)
+
+
 def generate(args) -> int:
     from tqdm import tqdm
 
@@ -231,9 +262,11 @@ def generate(args) -> int:
         check_preview_path(args.preview)
     latents_path = _latents_path(args)
     prompts = _prompts(args)
-    backbone = load_backbone(args.model, height=args.height, width=args.width)
+    backbone = load_backbone(args.model, height=args.height, width=args.width, device=args.device,
+                             dtype=args.dtype, **_diffusers_options(args))
     config = _config(args, backbone)
     video = LongVideo(backbone, prompts, args.frames, config, seed=args.seed)
+    _explain_frame_rounding(video, args.frames)
     sheet = ContactSheet(args.frames) if args.preview else None
     latents = _latent_writer(latents_path, video, args) if latents_path else None
     bar = tqdm(total=args.frames, unit="frame", desc=f"{args.method} {backbone.name}", disable=args.no_progress,

@@ -96,6 +96,11 @@ class FIFOConfig(_SamplingFields):
         return cls(partitions=3, solver="unipc", guidance_scale=5.0, flow_shift=5.0)
 
     @classmethod
+    def skyreels_v2_df(cls) -> "FIFOConfig":
+        """FIFO on SkyReels-V2-DF-1.3B (not in the paper): Wan's numbers with its own shift 8 and CFG 6."""
+        return cls.wan21().with_(flow_shift=8.0, guidance_scale=6.0)
+
+    @classmethod
     def gaussian(cls) -> "FIFOConfig":
         """FIFO on the exact Gaussian world: n = 2 (T = 32), UniPC-2, no guidance."""
         return cls(partitions=2, solver="unipc", guidance_scale=1.0)
@@ -211,6 +216,11 @@ class MIGAConfig(_SamplingFields):
                    solver="unipc", eta=0.0, guidance_scale=5.0, flow_shift=5.0)
 
     @classmethod
+    def skyreels_v2_df(cls) -> "MIGAConfig":
+        """SkyReels-V2-DF-1.3B (not in the paper): the Wan2.1 preset with SkyReels' shift 8 and CFG 6."""
+        return cls.wan21().with_(flow_shift=8.0, guidance_scale=6.0)
+
+    @classmethod
     def gaussian(cls) -> "MIGAConfig":
         """Small numbers for the exact Gaussian world (f_0 = 16): fast enough for tests and demos."""
         return cls(steps=32, zigzag_width=4, stage2_steps=6, stride=8, guides=4, reflection_threshold=0.01,
@@ -226,6 +236,7 @@ class MIGAConfig(_SamplingFields):
 PRESETS = {
     "videocrafter2": (MIGAConfig.videocrafter2, FIFOConfig.videocrafter2),
     "wan2.1": (MIGAConfig.wan21, FIFOConfig.wan21),
+    "skyreels-v2-df": (MIGAConfig.skyreels_v2_df, FIFOConfig.skyreels_v2_df),
     "gaussian": (MIGAConfig.gaussian, FIFOConfig.gaussian),
     "shapes": (MIGAConfig.shapes, FIFOConfig.shapes),
 }

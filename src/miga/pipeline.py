@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -31,10 +32,32 @@ BUILTIN_MODELS = ("shapes", "gaussian", "gaussian-clip")
 
 
 def load_backbone(model: str = "shapes", *, height: int | None = None, width: int | None = None,
-                  device: str = "cpu", **kwargs: Any) -> Backbone:
-    """A backbone by name: ``shapes`` (the built-in shapes-world model; a path to a ``.safetensors`` file
-    from ``miga train-toy`` loads other weights for it), ``gaussian`` (the exact Gaussian video world) or
-    ``gaussian-clip`` (the same world denoised like a foundation model trained on one noise level per clip)."""
+                  device: str | None = None, dtype: str | None = None, **kwargs: Any) -> Backbone:
+    """A backbone by name or path: ``shapes`` (the built-in shapes-world model; a path to a ``.safetensors``
+    file from ``miga train-toy`` loads other weights for it), ``gaussian`` (the exact Gaussian video world),
+    ``gaussian-clip`` (the same world denoised like a foundation model trained on one noise level per clip),
+    or a local diffusers-format folder of Wan2.1-T2V or SkyReels-V2-DF (``device`` default: a GPU if there
+    is one; ``dtype`` default: bfloat16 on a GPU); ``kwargs`` go to the backbone's constructor."""
+    if model not in BUILTIN_MODELS and not model.endswith(".safetensors"):
+        from miga.backbones.wan import WanModel, model_folder_error, transformer_class_name
+
+        if os.path.isdir(model) and os.path.isfile(os.path.join(model, "unet", "config.json")):
+            raise MigaError(f"{model} holds a UNet video model; miga supports Wan2.1-T2V and SkyReels-V2-DF "
+                            "diffusers folders (UNet models are not supported yet)")
+        if os.path.isdir(model) and os.path.isfile(os.path.join(model, "transformer", "config.json")):
+            name = transformer_class_name(model)
+            if name not in ("WanTransformer3DModel", "SkyReelsV2Transformer3DModel"):
+                raise MigaError(f"{model} holds a {name}, which miga does not support; supported: Wan2.1-T2V and "
+                                "SkyReels-V2-DF diffusers folders, or " + ", ".join(BUILTIN_MODELS))
+        problem = model_folder_error(model)
+        if problem and not os.path.exists(model) and "/" not in model and os.sep not in model:
+            problem = f"unknown model {model!r}; choose one of: {', '.join(BUILTIN_MODELS)}, or a model folder"
+        if problem:
+            raise MigaError(problem)
+        return WanModel.from_folder(model, height=height, width=width, device=device, dtype=dtype, **kwargs)
+    if dtype not in (None, "float32"):
+        raise MigaError(f"--dtype {dtype} applies to diffusers models; the {model} model runs in float32")
+    device = device or "cpu"
     size = {k: v for k, v in (("height", height), ("width", width)) if v is not None}
     if model == "shapes" or model.endswith(".safetensors"):
         from miga.backbones.shapes import ShapesModel
@@ -47,7 +70,19 @@ def load_backbone(model: str = "shapes", *, height: int | None = None, width: in
 
         mode = "clip" if model == "gaussian-clip" else "exact"
         return GaussianWorld(mode=mode, device=device, **size, **kwargs)
-    raise MigaError(f"unknown model {model!r}; choose one of: {', '.join(BUILTIN_MODELS)}")
+    raise AssertionError(model)  # unreachable: every other name went to the folder loader above
+
+
+def frames_for_latents(backbone: Backbone, latents: int) -> int:
+    """Output frames that ``latents`` finished latents decode to (Wan's causal VAE: 4k+1 from k+1)."""
+    first = getattr(backbone, "first_latent_frames", backbone.frames_per_latent)
+    return first + (latents - 1) * backbone.frames_per_latent
+
+
+def latents_for_frames(backbone: Backbone, frames: int) -> int:
+    """The fewest latents that decode to at least ``frames`` output frames."""
+    first = getattr(backbone, "first_latent_frames", backbone.frames_per_latent)
+    return 1 + max(0, math.ceil((frames - first) / backbone.frames_per_latent))
 
 
 def prompt_schedule(prompts: PromptSchedule | str | Sequence[str], num_frames: int) -> PromptSchedule:
@@ -82,7 +117,7 @@ class LongVideo:
         self.config = config if config is not None else preset(backbone.default_preset, "miga")
         self.config.validate(backbone.native_frames)
         self.prompts = prompt_schedule(prompts, num_frames)
-        self.num_latents = math.ceil(num_frames / backbone.frames_per_latent)
+        self.num_latents = latents_for_frames(backbone, num_frames)
         self.seed = int(seed)
         self.stats = Stats()
         sched_cfg = backbone.default_schedule
@@ -112,6 +147,9 @@ class LongVideo:
         self._uncond = None
         if cfg.guidance_scale != 1.0:
             self._uncond = encode(cfg.negative_prompt if cfg.negative_prompt is not None else bb.negative_prompt)
+        release = getattr(bb, "release_text_encoder", None)
+        if release is not None:
+            release()
 
     def _stepper(self) -> WindowStepper:
         bb, cfg = self.backbone, self.config
@@ -154,7 +192,7 @@ def native_clip(backbone: Backbone, prompt: str, *, seed: int = 0,
     """Plain (not long) sampling: one clip of the model's own length f_0, every frame at one noise level
     (Eq. 1), with the solver, steps and guidance of ``config`` (default: the backbone's MIGA preset).
     The reference the long-video methods are compared with."""
-    video = LongVideo(backbone, prompt, backbone.native_frames * backbone.frames_per_latent, config, seed)
+    video = LongVideo(backbone, prompt, frames_for_latents(backbone, backbone.native_frames), config, seed)
     decoder = backbone.decoder()
     frames: list[np.ndarray] = []
     for slot in sample_clip(video._stepper(), backbone.native_frames, purpose="native"):

@@ -63,13 +63,20 @@ def tiling(length: int, window: int, stride: int, offset: int = 0) -> list[Windo
 def fifo_windows(queue_length: int, window: int, lookahead: bool) -> list[Window]:
     """FIFO-Diffusion's windows for one pass (Alg. 3), in processing order (tail first).
 
-    With lookahead the queue holds ``window // 2`` clean padding latents in front; windows of ``window``
-    at stride ``window // 2`` write their latter half. Without it, disjoint windows write everything.
+    With lookahead the queue holds ``pad = window // 2`` clean padding latents in front; windows of
+    ``window`` at stride ``window // 2`` write their latter half. For an odd window (Wan2.1: 21) each writes
+    its last ``window - pad`` latents, and the tail window writes what is left, so every noisy latent is
+    written exactly once. Without lookahead, disjoint windows write everything.
     """
     if lookahead:
-        half = window // 2
-        starts = range(0, queue_length - window + 1, half)
-        return [Window(a, window - half, window, half) for a in reversed(starts)]
+        pad = window // 2
+        size = window - pad
+        plan = []
+        for first in range(pad, queue_length, size):
+            end = min(first + size, queue_length)
+            start = end - window
+            plan.append(Window(start, end - first, window, first - start))
+        return plan[::-1]
     return [Window(a, window, window) for a in reversed(range(0, queue_length, window))]
 
 

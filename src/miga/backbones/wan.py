@@ -1,0 +1,327 @@
+"""Wan2.1-T2V and SkyReels-V2-DF through diffusers (pinned: 0.42.1), from a local diffusers-format folder.
+
+Facts this adapter rests on (``shared/spec/backends.md``):
+
+- ``WanTransformer3DModel`` takes per-token timesteps ``[B, F·H'·W']`` (Sec. 1.1); tokens are frame-major,
+  so a per-frame level becomes per-token by ``repeat_interleave(H'·W')``. All frames equal gives the
+  scalar path's output.
+- ``SkyReelsV2Transformer3DModel`` takes per-frame timesteps ``[B, F]`` natively with
+  ``enable_diffusion_forcing=True``, and an ``fps`` input (0 for 16 fps, 1 otherwise) when the checkpoint
+  has the fps embedding of the diffusion-forcing models (Sec. 1.2).
+- Both predict the rectified-flow velocity; the engine's flow UniPC keeps each slot's history.
+- The causal VAE decodes k+1 latents to 4k+1 frames, one latent at a time with its feature cache
+  (Sec. 3.5), so frames are written as latents finish.
+
+Nothing here is fetched from a model hub: a hub id gets a message with the ``hf download`` command.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from miga.backbones.base import NoiseLevels
+from miga.engine.schedules import ScheduleConfig
+from miga.errors import MigaError
+
+DIFFUSERS_VERSION = "0.42.1"
+
+WAN_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
+    "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
+    "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+"""Wan2.1's default negative prompt (its sample config), used as the unconditional CFG branch."""
+
+PARTS = {
+    "transformer": "the diffusion transformer (config.json and weights)",
+    "vae": "the causal video VAE (config.json and weights)",
+    "text_encoder": "the UMT5 text encoder (config.json and weights)",
+    "tokenizer": "the T5 tokenizer (tokenizer.json or spiece.model)",
+}
+TRANSFORMER_CLASSES = ("WanTransformer3DModel", "SkyReelsV2Transformer3DModel")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+DOWNLOAD_HINT = "hf download Wan-AI/Wan2.1-T2V-1.3B-Diffusers --local-dir DIR"
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise MigaError(f"cannot read {path}: {e}"[:300]) from None
+
+
+def model_folder_error(path: str) -> str | None:
+    """Why ``path`` is not a loadable local model folder, or None if it looks complete."""
+    if not os.path.exists(path):
+        if _HUB_ID.fullmatch(path):
+            return (f"{path} looks like a Hugging Face hub id, but miga loads local folders only; download it "
+                    f"with 'hf download {path} --local-dir DIR' and pass --model DIR")
+        return f"model {path} not found: no such file or folder"
+    if not os.path.isdir(path):
+        return f"{path} is not a model folder"
+    missing = []
+    for part, what in PARTS.items():
+        sub = os.path.join(path, part)
+        names = os.listdir(sub) if os.path.isdir(sub) else []
+        if part == "tokenizer":
+            ok = any(n in names for n in ("tokenizer.json", "spiece.model"))
+        else:
+            ok = "config.json" in names and any(n.endswith(WEIGHT_SUFFIXES) for n in names)
+        if not ok:
+            missing.append(f"{part}/ ({what})")
+    if missing:
+        return (f"model folder {path} is missing {', '.join(missing)}; download the full diffusers-format model, "
+                f"e.g. '{DOWNLOAD_HINT}'")
+    return None
+
+
+def transformer_class_name(path: str) -> str:
+    return _read_json(os.path.join(path, "transformer", "config.json")).get("_class_name", "?")
+
+
+def check_size(height: int, width: int, multiple: int = 16) -> None:
+    """Refuse a frame size the VAE and 2x2 patches cannot tile, naming the nearest valid values."""
+    for name, value in (("height", height), ("width", width)):
+        if value % multiple:
+            low = max(multiple, value // multiple * multiple)
+            raise MigaError(f"--{name} {value} is not divisible by {multiple}; use {low} or {low + multiple}")
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_dtype(name: str | torch.dtype | None, device: str) -> torch.dtype:
+    """``--dtype``: default bfloat16 on a GPU, float32 on the CPU."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name is None:
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    if name not in DTYPES:
+        raise MigaError(f"--dtype {name} is not supported; choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def cast_model(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast floating parameters and buffers to ``dtype``, keeping the modules the model class wants in
+    float32 (``_keep_in_fp32_modules``: Wan's time embedder, norms and modulation tables), as
+    ``from_pretrained(dtype=...)`` does."""
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or [])
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point():
+            want = torch.float32 if keep.intersection(name.split(".")) else dtype
+            if tensor.dtype != want:
+                tensor.data = tensor.data.to(want)
+    return model
+
+
+def clean_prompt(text: str) -> str:
+    """Wan's prompt cleaning without ftfy: unescape HTML twice, collapse whitespace."""
+    return re.sub(r"\s+", " ", html.unescape(html.unescape(text))).strip()
+
+
+class WanStreamingDecoder:
+    """Wan's causal VAE, one latent in at a time with the decoder's feature cache (backends.md Sec. 3.5).
+
+    The first latent gives 1 frame, each later one 4. Equal to ``vae.decode`` on all latents at once
+    (tested). Uses the VAE's per-conv cache (``_feat_map``), so one decoder per VAE at a time.
+    """
+
+    def __init__(self, vae):
+        self.vae = vae
+        param = next(vae.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        shape = (1, vae.config.z_dim, 1, 1, 1)
+        self.mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(shape).to(self.device)
+        self.std = torch.tensor(vae.config.latents_std, dtype=torch.float32).view(shape).to(self.device)
+        self.first = True
+        vae.clear_cache()
+
+    @torch.no_grad()
+    def decode_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        """One normalised latent ``[C, h, w]`` to pixels ``[1, 3, n, H, W]`` in [-1, 1]."""
+        vae = self.vae
+        z = latent[None, :, None].to(self.device, torch.float32) * self.std + self.mean
+        x = vae.post_quant_conv(z.to(self.dtype))
+        vae._conv_idx = [0]
+        out = vae.decoder(x, feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=self.first)
+        self.first = False
+        if vae.config.patch_size is not None:
+            from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
+            out = unpatchify(out, patch_size=vae.config.patch_size)
+        return out.clamp(-1.0, 1.0)
+
+    def push(self, latent: torch.Tensor) -> list[np.ndarray]:
+        video = self.decode_latent(latent)[0]  # [3, n, H, W]
+        rgb = ((video.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return list(rgb.permute(1, 2, 3, 0).cpu().numpy())
+
+    def flush(self) -> list[np.ndarray]:
+        self.vae.clear_cache()
+        return []
+
+
+class WanModel:
+    """Wan2.1-T2V or SkyReels-V2-DF as a :class:`~miga.backbones.base.Backbone`.
+
+    Build it with :meth:`from_folder` (a user's local diffusers folder) or :meth:`from_components`.
+
+    Args:
+        height, width: output frame size; divisible by 16 (Wan: 480x832, SkyReels-V2 540P: 544x960).
+        device, dtype: where the transformer and text encoder run and in which precision (the VAE stays
+            float32, as Wan's docs advise).
+        window_latents: f_0, latent frames per model window (Wan2.1: 21, i.e. 81 frames; SkyReels-V2-DF:
+            25, i.e. 97 frames).
+        model_batch: windows per transformer call; 1 runs classifier-free guidance as two passes, which
+            halves the activation memory.
+        max_sequence_length: prompt tokens (Wan: 512).
+    """
+
+    prediction = "flow"
+    frames_per_latent = 4
+    first_latent_frames = 1
+    negative_prompt = WAN_NEGATIVE_PROMPT
+
+    def __init__(self, transformer, vae, text_encoder, tokenizer, *, height: int | None = None,
+                 width: int | None = None, device: str | None = None, dtype: str | torch.dtype | None = None,
+                 window_latents: int | None = None, model_batch: int | None = None,
+                 max_sequence_length: int = 512, flow_shift: float = 3.0):
+        self.skyreels = type(transformer).__name__.startswith("SkyReels")
+        self.name = "skyreels-v2-df" if self.skyreels else "wan2.1"
+        self.default_preset = self.name
+        self.fps = 24 if self.skyreels else 16
+        height = height or (544 if self.skyreels else 480)
+        width = width or (960 if self.skyreels else 832)
+        check_size(height, width)
+        self.device = torch.device(device or default_device())
+        self.dtype = parse_dtype(dtype, str(self.device))
+        patch = tuple(transformer.config.patch_size)
+        if patch[0] != 1:
+            raise MigaError(f"transformer patch size {patch} is not supported: per-frame timesteps need a "
+                            "temporal patch of 1 (Wan2.1, Wan2.2 and SkyReels-V2 have it)")
+        scale = vae.spatial_compression_ratio if hasattr(vae, "spatial_compression_ratio") else 8
+        self.latent_shape = (int(vae.config.z_dim), height // scale, width // scale)
+        self.tokens_per_frame = (self.latent_shape[1] // patch[1]) * (self.latent_shape[2] // patch[2])
+        self.native_frames = int(window_latents or (25 if self.skyreels else 21))
+        if self.native_frames < 2:
+            raise MigaError(f"--window-latents must be >= 2, got {self.native_frames}")
+        self.model_batch = model_batch
+        self.max_sequence_length = int(max_sequence_length)
+        self.default_schedule = ScheduleConfig(kind="flow", shift=float(flow_shift))
+        self.fps_input = bool(getattr(transformer.config, "inject_sample_info", False))
+        self.transformer = cast_model(transformer, self.dtype).to(self.device).eval().requires_grad_(False)
+        self.vae = cast_model(vae, torch.float32).to(self.device).eval().requires_grad_(False)
+        self.text_encoder = cast_model(text_encoder, self.dtype).eval().requires_grad_(False)  # CPU until used
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_folder(cls, path: str, **kwargs: Any) -> "WanModel":
+        """Load transformer, VAE (float32), UMT5 text encoder and tokenizer from a local diffusers folder."""
+        problem = model_folder_error(path)
+        if problem:
+            raise MigaError(problem)
+        name = transformer_class_name(path)
+        if name not in TRANSFORMER_CLASSES:
+            raise MigaError(f"{path}/transformer is a {name}, not a Wan2.1 or SkyReels-V2 transformer "
+                            f"({' or '.join(TRANSFORMER_CLASSES)})")
+        import diffusers
+        from transformers import AutoTokenizer, UMT5EncoderModel
+
+        if diffusers.__version__ != DIFFUSERS_VERSION:
+            import warnings
+
+            warnings.warn(f"miga's Wan adapter is tested with diffusers {DIFFUSERS_VERSION}, found "
+                          f"{diffusers.__version__}; its streaming VAE decode uses diffusers internals")
+        device = kwargs.get("device") or default_device()
+        dtype = parse_dtype(kwargs.get("dtype"), str(device))
+        scheduler_cfg = os.path.join(path, "scheduler", "scheduler_config.json")
+        if os.path.isfile(scheduler_cfg) and "flow_shift" not in kwargs:
+            kwargs["flow_shift"] = float(_read_json(scheduler_cfg).get("flow_shift") or 3.0)
+
+        def load(part: str, fn):
+            try:
+                return fn()
+            except Exception as e:  # noqa: BLE001 - any failure becomes one line naming the part
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise MigaError(f"cannot load {part} from {path}/{part}: {first}"[:400]) from None
+
+        transformer_cls = getattr(diffusers, name)
+        transformer = load("transformer", lambda: transformer_cls.from_pretrained(
+            path, subfolder="transformer", dtype=dtype, local_files_only=True))
+        vae = load("vae", lambda: diffusers.AutoencoderKLWan.from_pretrained(
+            path, subfolder="vae", dtype=torch.float32, local_files_only=True))
+        text_encoder = load("text_encoder", lambda: UMT5EncoderModel.from_pretrained(
+            path, subfolder="text_encoder", dtype=dtype, local_files_only=True))
+        tokenizer = load("tokenizer", lambda: AutoTokenizer.from_pretrained(
+            os.path.join(path, "tokenizer"), local_files_only=True))
+        return cls(transformer, vae, text_encoder, tokenizer, **kwargs)
+
+    @classmethod
+    def from_components(cls, components: dict, **kwargs: Any) -> "WanModel":
+        return cls(components["transformer"], components["vae"], components["text_encoder"],
+                   components["tokenizer"], **kwargs)
+
+    # ---- prompts ----
+    @torch.no_grad()
+    def encode_prompt(self, text: str) -> torch.Tensor:
+        """UMT5 embeddings ``[L, D]`` of one prompt, zero past its last token (as WanPipeline does)."""
+        tokens = self.tokenizer([clean_prompt(text)], padding="max_length", max_length=self.max_sequence_length,
+                                truncation=True, add_special_tokens=True, return_attention_mask=True,
+                                return_tensors="pt")
+        encoder = self.text_encoder.to(self.device)
+        mask = tokens.attention_mask.to(self.device)
+        hidden = encoder(tokens.input_ids.to(self.device), mask).last_hidden_state[0]
+        length = int(mask.sum())
+        hidden = torch.cat([hidden[:length], hidden.new_zeros(hidden.shape[0] - length, hidden.shape[1])])
+        return hidden.to(self.dtype)
+
+    def release_text_encoder(self) -> None:
+        """Move the text encoder back to the CPU once the prompts are encoded (frees ~11 GiB on a GPU)."""
+        self.text_encoder.to("cpu")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # ---- the model ----
+    def per_token_timesteps(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """``[B, F]`` per-frame timesteps to ``[B, F·H'·W']`` per token (frame-major token order)."""
+        return timesteps.repeat_interleave(self.tokens_per_frame, dim=1)
+
+    @torch.no_grad()
+    def predict(self, latents: torch.Tensor, levels: NoiseLevels, conds: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Velocity for ``latents`` ``[B, C, F, h, w]`` where frame f of element b is at ``levels[b, f]``."""
+        x = latents.to(self.device, self.dtype)
+        t = levels.timesteps.to(self.device, torch.float32)
+        ctx = torch.stack([c.to(self.device, self.dtype) for c in conds])
+        step = self.model_batch or x.shape[0]
+        if self.skyreels and self.fps_input:
+            step = 1  # diffusers 0.42.1 broadcasts the fps embedding correctly only for one sample
+        outs = []
+        for i in range(0, x.shape[0], step):
+            sl = slice(i, i + step)
+            if self.skyreels:
+                fps = [0 if self.fps == 16 else 1] * x[sl].shape[0] if self.fps_input else None
+                out = self.transformer(hidden_states=x[sl], timestep=t[sl], encoder_hidden_states=ctx[sl],
+                                       enable_diffusion_forcing=True, fps=fps, return_dict=False)[0]
+            else:
+                out = self.transformer(hidden_states=x[sl], timestep=self.per_token_timesteps(t[sl]),
+                                       encoder_hidden_states=ctx[sl], return_dict=False)[0]
+            outs.append(out)
+        return torch.cat(outs).float()
+
+    def decoder(self) -> WanStreamingDecoder:
+        return WanStreamingDecoder(self.vae)
