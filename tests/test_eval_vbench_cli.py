@@ -145,7 +145,7 @@ def test_eval_with_model_folders(tmp_path, capsys):
 @pytest.mark.parametrize("make,argv,needle", [
     (None, ["eval", "{tmp}/missing.mp4"], "cannot read video"),
     ("short", ["eval", "{a}"], "at least 3"),
-    ("video", ["eval", "{a}", "--amt", "{tmp}/amt-s.pth"], "not supported yet"),
+    ("video", ["eval", "{a}", "--amt", "{tmp}/amt-s.pth"], "no such file; get amt-s.pth with: hf download"),
     ("video", ["eval", "{a}", "--dino", "{tmp}/nowhere"], "no such file or folder"),
     ("video", ["eval", "{a}", "--clip", "{tmp}"], "lacks config.json and model.safetensors"),
     ("video", ["eval", "{a}", "--prompt", "a red circle"], "--prompt applies to --world shapes only"),

@@ -142,9 +142,9 @@ def test_flow_interpolator_follows_motion():
     assert FlowMidpoint.proxy and "proxy" in FlowMidpoint.name
 
 
-def test_amt_is_refused():
-    with pytest.raises(MigaError, match="not supported yet"):
-        amt_interpolator("amt-s.pth")
+def test_amt_needs_its_weights_file(tmp_path):  # the rest of AMT-S: tests/test_amt.py
+    with pytest.raises(MigaError, match="no such file; get amt-s.pth with: hf download lalala125/AMT"):
+        amt_interpolator(str(tmp_path / "amt-s.pth"))
 
 
 # ----------------------------------------------------------------------------------------------------

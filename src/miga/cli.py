@@ -128,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--clip", metavar="PATH", help="CLIP ViT-B/32 for background consistency: a transformers "
                    "folder (config.json and model.safetensors, e.g. openai/clip-vit-base-patch32); default: the "
                    "offline proxy")
-    e.add_argument("--amt", metavar="PATH", help="AMT-S weights for motion smoothness (not supported yet; the "
-                   "default is an OpenCV flow-interpolation proxy)")
+    e.add_argument("--amt", metavar="PATH", help="AMT-S weights for motion smoothness, as VBench: amt-s.pth from "
+                   "the Hugging Face repo lalala125/AMT; default: an OpenCV flow-interpolation proxy")
     e.add_argument("--latents", metavar="FILE", action="append", help="latents saved by miga generate "
                    "--save-latents, one per video in order (default: VIDEO's NAME.latents.safetensors if present)")
 
@@ -469,9 +469,7 @@ def evaluate_vbench(args) -> int:
     for path in args.latents or []:
         if not os.path.isfile(path):
             raise MigaError(f"cannot read latents {path}: no such file")
-    if args.amt:
-        amt_interpolator(args.amt)
-    interpolator = FlowMidpoint()
+    interpolator = amt_interpolator(args.amt) if args.amt else FlowMidpoint()
     subject = load_dino(args.dino) if args.dino else ProxyFeatures("dino")
     background = load_clip(args.clip) if args.clip else ProxyFeatures("clip")
     extractors = {"temporal_flicker": {"name": "pixels of the decoded frames (exact)", "proxy": False},

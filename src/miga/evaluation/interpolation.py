@@ -1,9 +1,9 @@
 """Frame interpolators for motion smoothness (evaluation.md Sec. 1.5).
 
-VBench predicts the midpoint of two frames with AMT-S. Without its weights we use :class:`FlowMidpoint`, a
-weight-free flow-based interpolator from OpenCV (a proxy: AMT handles occlusions and large motion better),
-and :class:`LinearBlend`, the plain average, is a lower bound. Each takes two ``uint8 [H, W, 3]`` RGB
-frames and returns the ``uint8`` frame halfway between them.
+VBench predicts the midpoint of two frames with AMT-S (:func:`amt_interpolator`, given its weights). Without
+them we use :class:`FlowMidpoint`, a weight-free flow-based interpolator from OpenCV (a proxy: AMT handles
+occlusions and large motion better), and :class:`LinearBlend`, the plain average, is a lower bound. Each
+takes two ``uint8 [H, W, 3]`` RGB frames and returns the ``uint8`` frame halfway between them.
 """
 
 from __future__ import annotations
@@ -74,7 +74,9 @@ class FlowMidpoint:
         return _round((warp(a, fm0) + warp(b, fm1)) / 2.0)
 
 
-def amt_interpolator(path: str):
-    """AMT-S from user-supplied weights: not supported yet (its architecture is not implemented here)."""
-    raise MigaError(f"--amt {path}: AMT-S motion smoothness is not supported yet; leave out --amt to use the "
-                    "OpenCV flow-interpolation proxy")
+def amt_interpolator(path: str, device: str = "cpu"):
+    """AMT-S (VBench's interpolator) with the weights in ``path`` (``amt-s.pth``); see :mod:`miga.evaluation.amt`.
+    A one-line :class:`MigaError` if the file is missing or does not hold AMT-S weights."""
+    from miga.evaluation.amt import amt_interpolator as load
+
+    return load(path, device)
