@@ -7,6 +7,7 @@ import math
 from typing import Callable, Iterator
 
 from miga.config import MIGAConfig
+from miga.engine.queue import QueueEngine, pack_slots, unpack_slots
 from miga.engine.reflection import SelfReflection
 from miga.engine.stepper import Slot, Stats, WindowJob, WindowStepper, sample_clip
 from miga.engine.tiling import nearest_chunk_guides, tiling, uniform_guides
@@ -38,6 +39,12 @@ class Stage2Batch:
         out, self.slots = self.slots, []
         return out
 
+    def state_dict(self) -> dict:
+        return {"slots": pack_slots(self.slots)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.slots = unpack_slots(state["slots"])
+
 
 class Stage2Stream(Stage2Batch):
     """Stage 2 as a wavefront behind Stage 1 (method.md decision 5): the same windows as
@@ -48,8 +55,13 @@ class Stage2Stream(Stage2Batch):
         super().__init__(stepper, **kw)
         self.base = 0  # absolute position of self.slots[0] in Stage-2 order
         self.done = [0] * (self.steps + 1)  # done[p]: positions finished by pass p (done[0]: arrived)
-        self.plans = [None] + [iter(self.plan(p)) for p in range(1, self.steps + 1)]
-        self.pending = [None] + [next(self.plans[p], None) for p in range(1, self.steps + 1)]
+        self.plans = [[]] + [self.plan(p) for p in range(1, self.steps + 1)]
+        self.cursor = [0] * (self.steps + 1)  # cursor[p]: the next window of pass p's plan
+
+    def pending(self, p: int):
+        """The next window of pass ``p`` not run yet, or None."""
+        plan = self.plans[p]
+        return plan[self.cursor[p]] if self.cursor[p] < len(plan) else None
 
     def push(self, slots: list[Slot]) -> list[Slot]:
         self.slots += slots
@@ -58,94 +70,151 @@ class Stage2Stream(Stage2Batch):
         while progress:
             progress = False
             for p in range(1, self.steps + 1):
-                w = self.pending[p]
+                w = self.pending(p)
                 while w is not None and self.done[p - 1] >= w.start + w.length:
                     q = self.slots
                     a = w.start - self.base
                     self.stepper.run([WindowJob(q[a:a + w.length], range(w.n_update), q[a].index, "stage2")])
                     self.done[p] = w.start + w.n_update
-                    w = self.pending[p] = next(self.plans[p], None)
+                    self.cursor[p] += 1
+                    w = self.pending(p)
                     progress = True
         finished = self.done[self.steps] - self.base
         out, self.slots = self.slots[:finished], self.slots[finished:]
         self.base += finished
         return out
 
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "base": self.base, "done": list(self.done), "cursor": list(self.cursor)}
 
-def miga_latents(stepper: WindowStepper, cfg: MIGAConfig, native_frames: int, num_latents: int,
-                 stats: Stats, on_pass: Callable[[list[Slot]], None] | None = None) -> Iterator[Slot]:
-    """Yield ``num_latents`` finished latents in order (Alg. 4 then Alg. 5, Stage 2 streamed or batched).
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.base = int(state["base"])
+        self.done = [int(d) for d in state["done"]]
+        self.cursor = [int(c) for c in state["cursor"]]
+
+
+class MIGAEngine(QueueEngine):
+    """MIGA as a resumable object: ``num_latents`` finished latents in order (Alg. 4 then Alg. 5, Stage 2
+    streamed or batched).
 
     ``on_pass``, if given, sees the Stage-1 queue after every pass (and self-reflection), before the head
-    chunk leaves it.
+    chunk leaves it. State: the zigzag queue (latents, levels, solver histories), the base clip's last
+    latent (fresh chunks are noised from it), chunk and pass counters, self-reflection's score history and
+    Stage 2's band.
     """
-    sch, noise = stepper.schedule, stepper.noise
-    f0, T, L, K2 = native_frames, sch.top, cfg.zigzag_width, cfg.stage2_steps
-    m, s = cfg.guides, cfg.stride
-    n_chunks = math.ceil(num_latents / L)
-    clip = sample_clip(stepper, f0, 0, "clip")  # Alg. 4 line 1
-    last_clip = clip[-1].latent
 
-    def fresh(index: int, purpose: str):
+    method = "miga"
+
+    def __init__(self, stepper: WindowStepper, cfg: MIGAConfig, native_frames: int, num_latents: int,
+                 stats: Stats, on_pass: Callable[[list[Slot]], None] | None = None):
+        super().__init__()
+        self.stepper, self.cfg, self.f0, self.num_latents, self.on_pass = stepper, cfg, native_frames, num_latents, on_pass
+        L, K2 = cfg.zigzag_width, cfg.stage2_steps
+        self.n_chunks = math.ceil(num_latents / L)
+        self.queue: list[Slot] = []
+        self.last_clip = None  # the base clip's last latent (Alg. 4 line 7)
+        self.enqueued = 0  # chunks that entered the queue
+        self.next_index = 0
+        self.emitted = 0  # chunks that left Stage 1
+        self.passes = 0  # Stage-1 passes of the steady state, for the dynamic offset
+        self.reflect = None
+        if cfg.reflection:
+            self.reflect = SelfReflection(stepper, chunk=L, window=native_frames, stride=cfg.stride,
+                                          judge_steps=cfg.reflection_judge_steps,
+                                          ref_chunks=cfg.reflection_ref_chunks, samples=cfg.reflection_samples,
+                                          threshold=cfg.reflection_threshold, fresh=self.fresh, stats=stats,
+                                          mode=cfg.score_mode)
+        stage2_kw = dict(window=native_frames, stride=cfg.stride, steps=K2, dynamic_offset=cfg.dynamic_offset,
+                         total=self.n_chunks * L)
+        self.stage2 = (Stage2Stream if cfg.stage2_mode == "stream" else Stage2Batch)(stepper, **stage2_kw) \
+            if K2 else None
+
+    @property
+    def finished(self) -> bool:
+        return self.emitted >= self.n_chunks
+
+    def fresh(self, index: int, purpose: str):
         """A new tail latent at the top level: Noise(last clip frame, top) (Alg. 4 line 7)."""
-        eps = noise.one(index, T, purpose + "/fresh")
-        return sch.add_noise(last_clip, eps, T) if cfg.fresh_from_clip else eps
+        sch = self.stepper.schedule
+        eps = self.stepper.noise.one(index, sch.top, purpose + "/fresh")
+        return sch.add_noise(self.last_clip, eps, sch.top) if self.cfg.fresh_from_clip else eps
 
-    # Alg. 4 lines 2-5: the clip's chunks sit at the noisiest levels but the top one.
-    k0 = f0 // L
-    queue: list[Slot] = []
-    for c in range(k0):
-        level = T - k0 + c
-        for i in range(c * L, (c + 1) * L):
-            queue.append(Slot(i, sch.add_noise(clip[i].latent, noise.one(i, level, "miga/init"), level), level))
-    enqueued = k0
-    next_index = k0 * L
+    def start(self) -> None:
+        """Alg. 4 lines 1-5: the base clip; its chunks sit at the noisiest levels but the top one."""
+        sch, noise, L, T = self.stepper.schedule, self.stepper.noise, self.cfg.zigzag_width, self.stepper.schedule.top
+        clip = sample_clip(self.stepper, self.f0, 0, "clip")
+        self.last_clip = clip[-1].latent
+        k0 = self.f0 // L
+        for c in range(k0):
+            level = T - k0 + c
+            for i in range(c * L, (c + 1) * L):
+                self.queue.append(Slot(i, sch.add_noise(clip[i].latent, noise.one(i, level, "miga/init"), level),
+                                       level))
+        self.enqueued = k0
+        self.next_index = k0 * L
 
-    reflect = None
-    if cfg.reflection:
-        reflect = SelfReflection(stepper, chunk=L, window=f0, stride=s, judge_steps=cfg.reflection_judge_steps,
-                                 ref_chunks=cfg.reflection_ref_chunks, samples=cfg.reflection_samples,
-                                 threshold=cfg.reflection_threshold, fresh=fresh, stats=stats, mode=cfg.score_mode)
-    stage2_kw = dict(window=f0, stride=s, steps=K2, dynamic_offset=cfg.dynamic_offset, total=n_chunks * L)
-    stage2 = (Stage2Stream if cfg.stage2_mode == "stream" else Stage2Batch)(stepper, **stage2_kw) if K2 else None
+    def guides(self, start: int) -> list[int]:
+        if self.cfg.guide_selection == "nearest":
+            return nearest_chunk_guides(start, self.cfg.guides, self.cfg.zigzag_width)
+        return uniform_guides(start, self.cfg.guides)
 
-    def guides(start: int) -> list[int]:
-        if cfg.guide_selection == "nearest":
-            return nearest_chunk_guides(start, m, L)
-        return uniform_guides(start, m)
-
-    def stage1_pass(offset: int) -> None:
+    def stage1_pass(self, offset: int) -> None:
         """Alg. 7: one pass over the zigzag queue, windows head to tail, guides in front (Eq. 8)."""
+        queue, f0, m = self.queue, self.f0, self.cfg.guides
         jobs = []
-        for w in tiling(len(queue), f0 - m, s, offset):
+        for w in tiling(len(queue), f0 - m, self.cfg.stride, offset):
             if m == 0 or w.start < m:  # too few latents in front: a plain window of f_0
                 jobs.append(WindowJob(queue[w.start:w.start + f0], range(w.n_update), queue[w.start].index,
                                       "stage1"))
             else:
-                window = [queue[g] for g in guides(w.start)] + queue[w.start:w.start + w.length]
+                window = [queue[g] for g in self.guides(w.start)] + queue[w.start:w.start + w.length]
                 jobs.append(WindowJob(window, range(m, m + w.n_update), queue[w.start].index, "stage1"))
         # Guides must see this pass's updates of the latents in front (Gauss-Seidel): no batching then.
-        stepper.run(jobs, batch=(m == 0))
+        self.stepper.run(jobs, batch=(m == 0))
 
-    emitted = 0
-    passes = 0  # Stage-1 passes of the steady state, for the dynamic offset
-    while emitted < n_chunks:
-        if enqueued < n_chunks:  # a fresh zigzag chunk on every pass (project decision 1)
-            queue += [Slot(i, fresh(i, "miga"), T) for i in range(next_index, next_index + L)]
-            next_index += L
-            enqueued += 1
-        filling = queue[0].level > K2 + 1  # Alg. 4: the ladder is not complete yet
-        offset = passes % s if (cfg.dynamic_offset and not filling) else 0
-        passes += 0 if filling else 1
-        stage1_pass(offset)
-        if reflect is not None and (cfg.reflect_during == "all" or filling):
-            reflect(queue)
-        if on_pass is not None:
-            on_pass(queue)
-        if queue[0].level == K2:  # the head chunk has run its T - K2 Stage-1 steps
-            chunk, queue = queue[:L], queue[L:]
-            emitted += 1
-            out = stage2.push(chunk) if stage2 is not None else chunk
-            for slot in out:
-                if slot.index < num_latents:
-                    yield slot
+    def step(self) -> list[Slot]:
+        """One Stage-1 iteration (Alg. 5): a fresh chunk enters, a pass, self-reflection, and the head chunk
+        leaves for Stage 2 once it has run its T - K2 steps. Returns the latents Stage 2 finished."""
+        cfg, L, T, K2 = self.cfg, self.cfg.zigzag_width, self.stepper.schedule.top, self.cfg.stage2_steps
+        if self.enqueued < self.n_chunks:  # a fresh zigzag chunk on every pass (project decision 1)
+            self.queue += [Slot(i, self.fresh(i, "miga"), T) for i in range(self.next_index, self.next_index + L)]
+            self.next_index += L
+            self.enqueued += 1
+        filling = self.queue[0].level > K2 + 1  # Alg. 4: the ladder is not complete yet
+        offset = self.passes % cfg.stride if (cfg.dynamic_offset and not filling) else 0
+        self.passes += 0 if filling else 1
+        self.stage1_pass(offset)
+        if self.reflect is not None and (cfg.reflect_during == "all" or filling):
+            self.reflect(self.queue)
+        if self.on_pass is not None:
+            self.on_pass(self.queue)
+        if self.queue[0].level != K2:  # the head chunk has not run its T - K2 Stage-1 steps yet
+            return []
+        chunk, self.queue = self.queue[:L], self.queue[L:]
+        self.emitted += 1
+        out = self.stage2.push(chunk) if self.stage2 is not None else chunk
+        return [slot for slot in out if slot.index < self.num_latents]
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "queue": pack_slots(self.queue), "last_clip": self.last_clip,
+                "enqueued": self.enqueued, "next_index": self.next_index, "emitted": self.emitted,
+                "passes": self.passes, "reflection": self.reflect.state_dict() if self.reflect else None,
+                "stage2": self.stage2.state_dict() if self.stage2 else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.queue = unpack_slots(state["queue"])
+        self.last_clip = state["last_clip"]
+        for key in ("enqueued", "next_index", "emitted", "passes"):
+            setattr(self, key, int(state[key]))
+        if self.reflect is not None:
+            self.reflect.load_state_dict(state["reflection"])
+        if self.stage2 is not None:
+            self.stage2.load_state_dict(state["stage2"])
+
+
+def miga_latents(stepper: WindowStepper, cfg: MIGAConfig, native_frames: int, num_latents: int,
+                 stats: Stats, on_pass: Callable[[list[Slot]], None] | None = None) -> Iterator[Slot]:
+    """Yield ``num_latents`` finished latents in order (see :class:`MIGAEngine`)."""
+    yield from MIGAEngine(stepper, cfg, native_frames, num_latents, stats, on_pass)

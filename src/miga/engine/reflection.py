@@ -84,6 +84,12 @@ class SelfReflection:
         self.stats.reflection_adoptions += 1
         return True
 
+    def state_dict(self) -> dict:
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = [float(v) for v in state["history"]]
+
     def _candidate(self, refs: list[Slot], indices: list[int], purpose: str) -> list[Slot]:
         """Rebuild ``judge_steps`` chunks behind copies of the references (Alg. 6 lines 7-11)."""
         top, L = self.stepper.schedule.top, self.chunk

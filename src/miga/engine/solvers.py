@@ -205,6 +205,25 @@ class UniPC:
         return out, new_states
 
 
+def pack_solver_state(state: Any) -> dict | None:
+    """A frame's solver history as a plain dict of ints and tensors (for checkpoints); None stays None."""
+    if state is None:
+        return None
+    if isinstance(state, UniPCState):
+        return {"kind": "unipc", "history": list(state.history), "last_sample": state.last_sample,
+                "last_order": state.last_order}
+    raise TypeError(f"cannot pack solver state {type(state).__name__}")
+
+
+def unpack_solver_state(packed: dict | None) -> Any:
+    """The inverse of :func:`pack_solver_state`."""
+    if packed is None:
+        return None
+    if packed.get("kind") == "unipc":
+        return UniPCState(tuple(packed["history"]), packed["last_sample"], int(packed["last_order"]))
+    raise ValueError(f"unknown solver state {packed.get('kind')!r}")
+
+
 def _stack_or_zeros(items: Sequence[torch.Tensor | None], like: torch.Tensor) -> torch.Tensor | None:
     if all(t is None for t in items):
         return None
