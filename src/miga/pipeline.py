@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Any, Callable, Iterator, Sequence
@@ -19,8 +20,9 @@ import torch
 
 from miga.backbones.base import Backbone
 from miga.config import FIFOConfig, MIGAConfig, preset
-from miga.engine.fifo import fifo_latents
-from miga.engine.miga import miga_latents
+from miga.engine.fifo import FIFOEngine
+from miga.engine.miga import MIGAEngine
+from miga.engine.queue import QueueEngine
 from miga.engine.prompts import PromptSchedule
 from miga.engine.rng import KeyedNoise
 from miga.engine.schedules import Schedule
@@ -120,6 +122,9 @@ class LongVideo:
         self.num_latents = latents_for_frames(backbone, num_frames)
         self.seed = int(seed)
         self.stats = Stats()
+        self.latents_done = 0  # latents handed out by latents() so far
+        self._engine: QueueEngine | None = None
+        self._resume_state: dict | None = None
         sched_cfg = backbone.default_schedule
         if self.config.flow_shift is not None:
             from dataclasses import replace
@@ -159,15 +164,58 @@ class LongVideo:
         return WindowStepper(bb, self.schedule, solver, noise, latent_prompts.index_at, conds, uncond,
                              cfg.guidance_scale, self.stats, cfg.window_batch)
 
-    def latents(self) -> Iterator[torch.Tensor]:
-        """Finished latents ``[C, H, W]`` in order, each as soon as it is final."""
-        stepper = self._stepper()
+    def _new_engine(self) -> QueueEngine:
+        stepper, f0 = self._stepper(), self.backbone.native_frames
         if isinstance(self.config, FIFOConfig):
-            slots = fifo_latents(stepper, self.config, self.backbone.native_frames, self.num_latents)
-        else:
-            slots = miga_latents(stepper, self.config, self.backbone.native_frames, self.num_latents, self.stats)
-        for slot in slots:
+            return FIFOEngine(stepper, self.config, f0, self.num_latents)
+        return MIGAEngine(stepper, self.config, f0, self.num_latents, self.stats)
+
+    def latents(self) -> Iterator[torch.Tensor]:
+        """Finished latents ``[C, H, W]`` in order, each as soon as it is final (after
+        :meth:`load_state_dict`: from where that state stood)."""
+        engine = self._new_engine()
+        self.latents_done = 0
+        if self._resume_state is not None:
+            state, self._resume_state = self._resume_state, None
+            engine.load_state_dict(_to_device(state["engine"], getattr(self.backbone, "device", "cpu")))
+            self.latents_done = int(state["latents_done"])
+        self._engine = engine
+        for slot in engine:
+            self.latents_done += 1
             yield slot.latent
+
+    def state_dict(self) -> dict:
+        """The whole generator state while :meth:`latents` is paused between two latents: the engine's
+        queue, solver histories, Stage-2 band, reflection scores and counters, the latents handed out and
+        :attr:`stats`. Nested dicts and lists of numbers, strings and tensors (:mod:`miga.checkpoint` stores
+        it); :meth:`load_state_dict` on an identical :class:`LongVideo` continues with the same latents."""
+        if self._engine is None:
+            raise MigaError("no generation to save: call state_dict() while iterating latents()")
+        return {"latents_done": self.latents_done, "engine": self._engine.state_dict(),
+                "stats": dataclasses.asdict(self.stats)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state`` (see :meth:`state_dict`): the next :meth:`latents` starts there."""
+        self._resume_state = state
+        for key, value in state["stats"].items():
+            setattr(self.stats, key, value)
+
+    def start_run(self, run_dir: str, out: str, *, checkpoint_every: int | None = None,
+                  save_latents: str | None = None, **kwargs: Any):
+        """A checkpointed, resumable run of this video in ``run_dir`` writing ``out`` (see
+        :class:`miga.runs.VideoRun`); call ``.generate()`` on it."""
+        from miga.runs import VideoRun
+
+        return VideoRun.create(self, run_dir, out, checkpoint_every=checkpoint_every, save_latents=save_latents,
+                               **kwargs)
+
+    @staticmethod
+    def resume(run_dir: str, backbone: Backbone | None = None):
+        """The run saved in ``run_dir`` (:meth:`start_run`, ``miga generate --run-dir``), ready to continue
+        from its last checkpoint with ``.generate()``; ``backbone`` defaults to the one the run names."""
+        from miga.runs import VideoRun
+
+        return VideoRun.resume(run_dir, backbone=backbone)
 
     def frames(self, on_latent: Callable[[torch.Tensor], Any] | None = None) -> Iterator[np.ndarray]:
         """Decoded RGB frames (uint8 ``[H, W, 3]``), streamed as latents finish; exactly ``num_frames``.
@@ -185,6 +233,17 @@ class LongVideo:
             if count < self.num_frames:
                 count += 1
                 yield frame
+
+
+def _to_device(tree: Any, device: Any) -> Any:
+    """``tree`` (nested dicts/lists) with every tensor moved to ``device``."""
+    if isinstance(tree, torch.Tensor):
+        return tree.to(device)
+    if isinstance(tree, dict):
+        return {k: _to_device(v, device) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_to_device(v, device) for v in tree]
+    return tree
 
 
 def native_clip(backbone: Backbone, prompt: str, *, seed: int = 0,
