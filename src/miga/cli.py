@@ -133,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--latents", metavar="FILE", action="append", help="latents saved by miga generate "
                    "--save-latents, one per video in order (default: VIDEO's NAME.latents.safetensors if present)")
 
+    from miga.bench import add_arguments as bench_arguments
+
+    bench_arguments(sub.add_parser("bench", help="measure speed and memory of FIFO and MIGA", description=(
+        "Measure NFE per frame, seconds per frame, the engine's own overhead as a fraction of model time, peak "
+        "memory (RSS on the CPU, allocated on a GPU) and time to the first written frame, for each model, "
+        "method and length, each in a fresh process, and print a table with ratios to FIFO from the same run. "
+        "wan-1.3b-random is Wan2.1-1.3B's transformer and VAE at full size with random weights (GPU).")))
     from miga.ablation import add_arguments as ablate_arguments
 
     ablate_arguments(sub.add_parser("ablate", help="run the paper's ablation and sweeps, measured", description=(
@@ -572,6 +579,10 @@ def main(argv: list[str] | None = None) -> int:
             return train_toy(args)
         if args.command == "eval":
             return evaluate(args)
+        if args.command == "bench":
+            from miga.bench import bench
+
+            return bench(args)
         if args.command == "ablate":
             from miga.ablation import ablate
 

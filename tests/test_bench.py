@@ -1,0 +1,71 @@
+"""``miga bench``: cells, figures and the table (speed itself is measured by the command, not by tests)."""
+
+import json
+
+import pytest
+
+from cli_helpers import run
+from miga.bench import length_summary, plan_cells, run_cell, table
+
+
+def test_plan_runs_native_once_and_every_other_method_at_every_length():
+    cells = plan_cells(["gaussian"], ["native", "fifo", "miga"], [200, 1000], threads=1)
+    assert [(c["method"], c["frames"]) for c in cells] == [("native", 200), ("fifo", 200), ("fifo", 1000),
+                                                         ("miga", 200), ("miga", 1000)]
+    assert all(c["threads"] == 1 and c["model"] == "gaussian" for c in cells)
+
+
+@pytest.mark.parametrize("method", ["fifo", "miga-no-dce", "native"])
+def test_a_cell_reports_consistent_figures(method):
+    r = run_cell({"model": "gaussian", "method": method, "frames": 20, "threads": 1})
+    frames = 16 if method == "native" else 20
+    assert r["frames"] == frames and r["latents"] == frames
+    assert r["nfe"] > 0 and r["nfe_per_frame"] == pytest.approx(r["nfe"] / frames)
+    parts = r["model_seconds"] + r["decode_seconds"] + r["write_seconds"] + r["engine_seconds"]
+    assert parts == pytest.approx(r["seconds"]) and r["engine_seconds"] >= 0
+    assert 0 < r["first_frame_seconds"] <= r["seconds"]
+    assert r["peak_rss_mib"] > 50 and r["peak_gpu_mib"] is None
+    if method == "native":  # T model calls on one clip, no guidance
+        assert r["nfe"] == 32
+
+
+def test_miga_without_dce_costs_fewer_model_calls_than_full_miga():
+    lean = run_cell({"model": "gaussian", "method": "miga-no-dce", "frames": 40})
+    full = run_cell({"model": "gaussian", "method": "miga", "frames": 40})
+    assert lean["nfe"] < full["nfe"]
+
+
+def _row(method, frames, seconds, rss):
+    return {"model": "m", "method": method, "frames": frames, "nfe_per_frame": 2.0, "seconds": seconds,
+            "seconds_per_frame": seconds / frames, "engine_overhead": 0.02, "first_frame_seconds": 1.0,
+            "peak_rss_mib": rss, "peak_gpu_mib": None}
+
+
+def test_table_ratios_are_to_fifo_at_the_same_length():
+    rows = [_row("fifo", 200, 10.0, 100.0), _row("miga", 200, 25.0, 110.0), _row("fifo", 1000, 50.0, 100.0)]
+    text = table(rows)
+    line = next(row for row in text.splitlines() if "| MIGA |" in row)
+    assert "| 2.50 |" in line and "| 1.100 |" in line and "2.0 %" in line
+    assert "peak memory at 1000 frames / at 200: 1.000" in length_summary(rows)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--models", "wan"], "--models: unknown 'wan'"),
+    (["--methods", "fifo,dce"], "--methods: unknown 'dce'"),
+    (["--frames", "100,x"], "--frames: 'x' is not an integer"),
+    (["--frames", "0"], "--frames: lengths must be >= 1"),
+    (["--models", "wan-1.3b-random"], "wan-1.3b-random needs a GPU"),
+])
+def test_bad_bench_options_get_one_line(capsys, argv, message):
+    code, _, err = run(capsys, "bench", *argv)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_command_prints_the_table_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code, text, err = run(capsys, "bench", "--models", "gaussian", "--methods", "fifo", "--frames", "12",
+                          "--json", out, "--no-progress")
+    assert code == 0, err
+    assert "| gaussian | FIFO | 12 |" in text
+    cells = json.loads(out.read_text())["cells"]
+    assert len(cells) == 1 and cells[0]["frames"] == 12
