@@ -176,6 +176,7 @@ def test_resume_skips_finished_runs(tiny_run, capsys, monkeypatch):
     (["--prompt", "a", "--prompt", "a"], "given twice"),
     (["--height", "30"], "multiple of 8"),
     (["--model", "nosuchmodel"], "unknown model"),
+    (["--amt", "/nonexistent/amt-s.pth"], "hf download lalala125/AMT amt-s.pth"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, extra, message):
     out = tmp_path / "out"

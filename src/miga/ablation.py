@@ -442,6 +442,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=_number(), help="torch and OpenCV threads (default: their own choice)")
     parser.add_argument("--dino", metavar="PATH", help="DINO ViT-B/16 folder for S.C. (default: the offline proxy)")
     parser.add_argument("--clip", metavar="PATH", help="CLIP ViT-B/32 folder for B.C. (default: the offline proxy)")
+    parser.add_argument("--amt", metavar="PATH", help="AMT-S weights (amt-s.pth) for M.S. (default: the OpenCV "
+                        "flow-interpolation proxy)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -487,7 +489,7 @@ def ablate(args) -> int:
     import torch
 
     from miga.evaluation.features import ProxyFeatures, load_clip, load_dino
-    from miga.evaluation.interpolation import FlowMidpoint
+    from miga.evaluation.interpolation import FlowMidpoint, amt_interpolator
     from miga.pipeline import load_backbone
     from miga.video import atomic_write_text
 
@@ -528,7 +530,8 @@ def ablate(args) -> int:
     for p in prompts:  # a prompt the model refuses fails before any run
         backbone.encode_prompt(p)
     meters = Meters(load_dino(args.dino) if args.dino else ProxyFeatures("dino"),
-                    load_clip(args.clip) if args.clip else ProxyFeatures("clip"), FlowMidpoint(), world)
+                    load_clip(args.clip) if args.clip else ProxyFeatures("clip"),
+                    amt_interpolator(args.amt) if args.amt else FlowMidpoint(), world)
     size = {"height": args.height, "width": args.width}
     preset_name = backbone.default_preset
     model_id = model_identity(args.model)
