@@ -91,6 +91,12 @@ class FIFOConfig(_SamplingFields):
         return cls(partitions=4, solver="ddim", eta=1.0, guidance_scale=12.0)
 
     @classmethod
+    def modelscope(cls) -> "FIFOConfig":
+        """FIFO on ModelScope/Zeroscope UNet3D models (not in the paper): VideoCrafter2's numbers (f_0 = 16,
+        n = 4, DDIM eta = 1) with ModelScope's usual CFG 9."""
+        return cls.videocrafter2().with_(guidance_scale=9.0)
+
+    @classmethod
     def wan21(cls) -> "FIFOConfig":
         """FIFO on Wan2.1-1.3B: n = 3 (T = 63 for f_0 = 21), flow UniPC-2, shift 5, CFG 5."""
         return cls(partitions=3, solver="unipc", guidance_scale=5.0, flow_shift=5.0)
@@ -208,6 +214,12 @@ class MIGAConfig(_SamplingFields):
         return cls()
 
     @classmethod
+    def modelscope(cls) -> "MIGAConfig":
+        """ModelScope/Zeroscope UNet3D models (not in the paper): the VideoCrafter2 preset (f_0 = 16, T=64,
+        L_zig=4, K2=10, m=6, s=8, DDIM eta=1) with ModelScope's usual CFG 9."""
+        return cls.videocrafter2().with_(guidance_scale=9.0)
+
+    @classmethod
     def wan21(cls) -> "MIGAConfig":
         """Wan2.1-1.3B: T=54, L_zig=7, K2=10, delta=0.01, m=4, n_samp=3, f_judg=10, n_ref=2, s=10,
         flow UniPC order 2, shift 5, CFG 5."""
@@ -235,6 +247,7 @@ class MIGAConfig(_SamplingFields):
 
 PRESETS = {
     "videocrafter2": (MIGAConfig.videocrafter2, FIFOConfig.videocrafter2),
+    "modelscope": (MIGAConfig.modelscope, FIFOConfig.modelscope),
     "wan2.1": (MIGAConfig.wan21, FIFOConfig.wan21),
     "skyreels-v2-df": (MIGAConfig.skyreels_v2_df, FIFOConfig.skyreels_v2_df),
     "gaussian": (MIGAConfig.gaussian, FIFOConfig.gaussian),

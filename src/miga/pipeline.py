@@ -38,19 +38,23 @@ def load_backbone(model: str = "shapes", *, height: int | None = None, width: in
     """A backbone by name or path: ``shapes`` (the built-in shapes-world model; a path to a ``.safetensors``
     file from ``miga train-toy`` loads other weights for it), ``gaussian`` (the exact Gaussian video world),
     ``gaussian-clip`` (the same world denoised like a foundation model trained on one noise level per clip),
-    or a local diffusers-format folder of Wan2.1-T2V or SkyReels-V2-DF (``device`` default: a GPU if there
-    is one; ``dtype`` default: bfloat16 on a GPU); ``kwargs`` go to the backbone's constructor."""
+    or a local diffusers-format folder of Wan2.1-T2V, SkyReels-V2-DF or a UNet3D model such as ModelScope or
+    Zeroscope (``device`` default: a GPU if there is one; ``dtype`` default: bfloat16 on a GPU); ``kwargs``
+    go to the backbone's constructor."""
     if model not in BUILTIN_MODELS and not model.endswith(".safetensors"):
+        from miga.backbones.unet3d import UNet3DModel, is_unet_folder, model_file_error
         from miga.backbones.wan import WanModel, model_folder_error, transformer_class_name
 
-        if os.path.isdir(model) and os.path.isfile(os.path.join(model, "unet", "config.json")):
-            raise MigaError(f"{model} holds a UNet video model; miga supports Wan2.1-T2V and SkyReels-V2-DF "
-                            "diffusers folders (UNet models are not supported yet)")
+        if os.path.isfile(model):
+            raise MigaError(model_file_error(model))
+        if is_unet_folder(model):
+            return UNet3DModel.from_folder(model, height=height, width=width, device=device, dtype=dtype, **kwargs)
         if os.path.isdir(model) and os.path.isfile(os.path.join(model, "transformer", "config.json")):
             name = transformer_class_name(model)
             if name not in ("WanTransformer3DModel", "SkyReelsV2Transformer3DModel"):
-                raise MigaError(f"{model} holds a {name}, which miga does not support; supported: Wan2.1-T2V and "
-                                "SkyReels-V2-DF diffusers folders, or " + ", ".join(BUILTIN_MODELS))
+                raise MigaError(f"{model} holds a {name}, which miga does not support; supported: Wan2.1-T2V, "
+                                "SkyReels-V2-DF and UNet3D (ModelScope, Zeroscope) diffusers folders, or "
+                                + ", ".join(BUILTIN_MODELS))
         problem = model_folder_error(model)
         if problem and not os.path.exists(model) and "/" not in model and os.sep not in model:
             problem = f"unknown model {model!r}; choose one of: {', '.join(BUILTIN_MODELS)}, or a model folder"
@@ -63,7 +67,10 @@ def load_backbone(model: str = "shapes", *, height: int | None = None, width: in
     size = {k: v for k, v in (("height", height), ("width", width)) if v is not None}
     if model == "shapes" or model.endswith(".safetensors"):
         from miga.backbones.shapes import ShapesModel
+        from miga.backbones.unet3d import model_file_error
 
+        if model != "shapes" and model_file_error(model):
+            raise MigaError(model_file_error(model))
         if size and size != {"height": 64, "width": 64}:
             raise MigaError("the shapes model makes 64x64 frames; leave out --height/--width")
         return ShapesModel(None if model == "shapes" else model, device=device, **kwargs)

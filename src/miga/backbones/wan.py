@@ -18,7 +18,6 @@ Nothing here is fetched from a model hub: a hub id gets a message with the ``hf 
 from __future__ import annotations
 
 import html
-import json
 import os
 import re
 from typing import Any, Sequence
@@ -27,6 +26,9 @@ import numpy as np
 import torch
 
 from miga.backbones.base import NoiseLevels
+from miga.backbones.diffusers_common import (
+    HUB_ID, WEIGHT_SUFFIXES, cast_model, check_size, default_device, hub_id_message, load_part, parse_dtype,
+    read_json)
 from miga.engine.schedules import ScheduleConfig
 from miga.errors import MigaError
 
@@ -46,27 +48,14 @@ PARTS = {
     "tokenizer": "the T5 tokenizer (tokenizer.json or spiece.model)",
 }
 TRANSFORMER_CLASSES = ("WanTransformer3DModel", "SkyReelsV2Transformer3DModel")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
 DOWNLOAD_HINT = "hf download Wan-AI/Wan2.1-T2V-1.3B-Diffusers --local-dir DIR"
-
-
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise MigaError(f"cannot read {path}: {e}"[:300]) from None
 
 
 def model_folder_error(path: str) -> str | None:
     """Why ``path`` is not a loadable local model folder, or None if it looks complete."""
     if not os.path.exists(path):
-        if _HUB_ID.fullmatch(path):
-            return (f"{path} looks like a Hugging Face hub id, but miga loads local folders only; download it "
-                    f"with 'hf download {path} --local-dir DIR' and pass --model DIR")
+        if HUB_ID.fullmatch(path):
+            return hub_id_message(path)
         return f"model {path} not found: no such file or folder"
     if not os.path.isdir(path):
         return f"{path} is not a model folder"
@@ -87,46 +76,7 @@ def model_folder_error(path: str) -> str | None:
 
 
 def transformer_class_name(path: str) -> str:
-    return _read_json(os.path.join(path, "transformer", "config.json")).get("_class_name", "?")
-
-
-def check_size(height: int, width: int, multiple: int = 16) -> None:
-    """Refuse a frame size the VAE and 2x2 patches cannot tile, naming the nearest valid values."""
-    for name, value in (("height", height), ("width", width)):
-        if value % multiple:
-            low = max(multiple, value // multiple * multiple)
-            raise MigaError(f"--{name} {value} is not divisible by {multiple}; use {low} or {low + multiple}")
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def parse_dtype(name: str | torch.dtype | None, device: str) -> torch.dtype:
-    """``--dtype``: default bfloat16 on a GPU, float32 on the CPU."""
-    if isinstance(name, torch.dtype):
-        return name
-    if name is None:
-        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    if name not in DTYPES:
-        raise MigaError(f"--dtype {name} is not supported; choose one of {', '.join(DTYPES)}")
-    return DTYPES[name]
-
-
-def cast_model(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """Cast floating parameters and buffers to ``dtype``, keeping the modules the model class wants in
-    float32 (``_keep_in_fp32_modules``: Wan's time embedder, norms and modulation tables), as
-    ``from_pretrained(dtype=...)`` does."""
-    keep = set(getattr(model, "_keep_in_fp32_modules", None) or [])
-    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        if tensor.is_floating_point():
-            want = torch.float32 if keep.intersection(name.split(".")) else dtype
-            if tensor.dtype != want:
-                tensor.data = tensor.data.to(want)
-    return model
+    return read_json(os.path.join(path, "transformer", "config.json")).get("_class_name", "?")
 
 
 def clean_prompt(text: str) -> str:
@@ -251,14 +201,10 @@ class WanModel:
         dtype = parse_dtype(kwargs.get("dtype"), str(device))
         scheduler_cfg = os.path.join(path, "scheduler", "scheduler_config.json")
         if os.path.isfile(scheduler_cfg) and "flow_shift" not in kwargs:
-            kwargs["flow_shift"] = float(_read_json(scheduler_cfg).get("flow_shift") or 3.0)
+            kwargs["flow_shift"] = float(read_json(scheduler_cfg).get("flow_shift") or 3.0)
 
         def load(part: str, fn):
-            try:
-                return fn()
-            except Exception as e:  # noqa: BLE001 - any failure becomes one line naming the part
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise MigaError(f"cannot load {part} from {path}/{part}: {first}"[:400]) from None
+            return load_part(path, part, fn)
 
         transformer_cls = getattr(diffusers, name)
         transformer = load("transformer", lambda: transformer_cls.from_pretrained(

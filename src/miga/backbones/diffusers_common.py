@@ -1,0 +1,80 @@
+"""Helpers every diffusers-folder adapter shares (Wan/SkyReels in ``wan.py``, UNet3D in ``unet3d.py``):
+device and precision options, frame-size checks, reading a folder's JSON and loading one part of it with a
+one-line error."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Callable, TypeVar
+
+import torch
+
+from miga.errors import MigaError
+
+T = TypeVar("T")
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+"""What a Hugging Face hub id (``owner/name``) looks like."""
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise MigaError(f"cannot read {path}: {e}"[:300]) from None
+
+
+def hub_id_message(path: str) -> str:
+    return (f"{path} looks like a Hugging Face hub id, but miga loads local folders only; download it "
+            f"with 'hf download {path} --local-dir DIR' and pass --model DIR")
+
+
+def load_part(path: str, part: str, fn: Callable[[], T]) -> T:
+    """Run ``fn`` (a ``from_pretrained`` of ``path/part``); any failure becomes one line naming the part."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - any failure becomes one line naming the part
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MigaError(f"cannot load {part} from {path}/{part}: {first}"[:400]) from None
+
+
+def check_size(height: int, width: int, multiple: int = 16) -> None:
+    """Refuse a frame size the VAE (and patches) cannot tile, naming the nearest valid values."""
+    for name, value in (("height", height), ("width", width)):
+        if value % multiple:
+            low = max(multiple, value // multiple * multiple)
+            raise MigaError(f"--{name} {value} is not divisible by {multiple}; use {low} or {low + multiple}")
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def parse_dtype(name: str | torch.dtype | None, device: str) -> torch.dtype:
+    """``--dtype``: default bfloat16 on a GPU, float32 on the CPU."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name is None:
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    if name not in DTYPES:
+        raise MigaError(f"--dtype {name} is not supported; choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def cast_model(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast floating parameters and buffers to ``dtype``, keeping the modules the model class wants in
+    float32 (``_keep_in_fp32_modules``: Wan's time embedder, norms and modulation tables), as
+    ``from_pretrained(dtype=...)`` does."""
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or [])
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point():
+            want = torch.float32 if keep.intersection(name.split(".")) else dtype
+            if tensor.dtype != want:
+                tensor.data = tensor.data.to(want)
+    return model
