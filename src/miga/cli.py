@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-reflection", action="store_true", help="disable self-reflection")
     g.add_argument("--window-batch", type=_number(), metavar="B", help="windows per model call where allowed")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--run-dir", metavar="DIR", help="keep the run's whole state in DIR, checkpointed every "
+                   "--checkpoint-every frames, so that a killed or stopped run continues where it was (run the same "
+                   "command again, or --resume DIR); OUT.partial then always plays up to the last checkpoint")
+    g.add_argument("--checkpoint-every", type=_number(), metavar="N", help="output frames between checkpoints "
+                   "with --run-dir (default 16)")
+    g.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR by --run-dir; needs no other "
+                   "options (--no-progress, --stats, --preview and --checkpoint-every may be given)")
 
     t = sub.add_parser("train-toy", help="train the built-in shapes model from a seed", description=(
         "Train the built-in shapes-world model (autoencoder, then denoiser) from a seed, with data rendered on "
@@ -260,6 +267,10 @@ def generate(args) -> int:
     from miga.video import VideoWriter, atomic_write_text, prompts_metadata
 
     t0 = time.perf_counter()
+    if args.resume is not None:
+        args = _resume_args(args)
+    elif args.checkpoint_every is not None and args.run_dir is None:
+        raise MigaError("--checkpoint-every needs --run-dir DIR (checkpoints are kept there)")
     if not args.out.lower().endswith(".mp4"):
         raise MigaError(f"--out must name an .mp4 file, got {args.out}")
     for path in (args.out, args.stats):
@@ -268,12 +279,14 @@ def generate(args) -> int:
     if args.preview:
         check_preview_path(args.preview)
     latents_path = _latents_path(args)
-    prompts = _prompts(args)
+    prompts = getattr(args, "schedule", None) or _prompts(args)
     backbone = load_backbone(args.model, height=args.height, width=args.width, device=args.device,
                              dtype=args.dtype, **_diffusers_options(args))
     config = _config(args, backbone)
     video = LongVideo(backbone, prompts, args.frames, config, seed=args.seed)
     _explain_frame_rounding(video, args.frames)
+    if args.run_dir is not None:
+        return _generate_run(args, video, latents_path)
     sheet = ContactSheet(args.frames) if args.preview else None
     latents = _latent_writer(latents_path, video, args) if latents_path else None
     bar = tqdm(total=args.frames, unit="frame", desc=f"{args.method} {backbone.name}", disable=args.no_progress,
@@ -315,6 +328,134 @@ def generate(args) -> int:
         atomic_write_text(args.stats, json.dumps(stats, indent=2) + "\n")
     saved = f"; latents in {latents_path}" if latents_path else ""
     print(f"wrote {args.out}: {args.frames} frames, {video.stats.nfe} model calls, {total:.1f} s{saved}",
+          file=sys.stderr)
+    return 0
+
+
+RUN_SESSION_OPTIONS = ("command", "argv", "resume", "run_dir", "checkpoint_every", "no_progress", "stats", "preview",
+                       "schedule")
+"""``miga generate`` options that belong to one session of a run, not to the video it makes: they may be
+given with ``--resume`` and are not recorded in the run."""
+
+
+def _given_options(argv: list[str]) -> dict:
+    """The ``miga generate`` options written on the command line ``argv`` (defaults left out)."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for action in sub.choices["generate"]._actions:
+        if action.dest != "help":
+            action.default = argparse.SUPPRESS
+    given = vars(parser.parse_args(argv))
+    given.pop("command", None)
+    return given
+
+
+def _recorded_options(args) -> dict:
+    """The generation options of a run as ``run.json`` keeps them (paths made absolute)."""
+    options = {k: v for k, v in vars(args).items() if k not in RUN_SESSION_OPTIONS}
+    for key in ("out", "prompts"):
+        if options.get(key):
+            options[key] = os.path.abspath(options[key])
+    if options.get("save_latents"):
+        options["save_latents"] = os.path.abspath(options["save_latents"])
+    return options
+
+
+def _resume_args(args):
+    """``--resume DIR``: the recorded options of the run, with those given now on top (the run refuses
+    them later if they change the video)."""
+    from miga.engine.prompts import PromptSchedule
+    from miga.runs import read_record
+
+    given = _given_options(args.argv)
+    if "run_dir" in given:
+        raise MigaError("give either --resume DIR or --run-dir DIR, not both")
+    record = read_record(args.resume)
+    stored = record.get("cli")
+    if not isinstance(stored, dict):
+        raise MigaError(f"the run in {args.resume} was not started by miga generate; resume it from Python with "
+                        "LongVideo.resume(run_dir)")
+    merged = argparse.Namespace(**stored)
+    for key in RUN_SESSION_OPTIONS:
+        setattr(merged, key, getattr(args, key, None))
+    for key, value in given.items():
+        setattr(merged, key, value)
+    merged.run_dir, merged.no_progress = args.resume, args.no_progress
+    if not any(k in given for k in ("prompt", "prompt_list", "prompts")):
+        entries = record["video"]["prompts"]
+        merged.prompt, merged.prompt_list, merged.prompts = None, [], None
+        merged.schedule = PromptSchedule(tuple(s for s, _ in entries), tuple(p for _, p in entries))
+    return merged
+
+
+def _generate_run(args, video, latents_path: str | None) -> int:
+    """``miga generate --run-dir DIR`` / ``--resume DIR``: a checkpointed run (:mod:`miga.runs`)."""
+    import signal
+
+    from tqdm import tqdm
+
+    from miga.runs import VideoRun
+    from miga.video import atomic_write_text
+
+    load = {"model": args.model, "height": args.height, "width": args.width, "device": args.device,
+            "dtype": args.dtype, **_diffusers_options(args)}
+    run = VideoRun.create(video, args.run_dir, args.out, checkpoint_every=args.checkpoint_every,
+                          save_latents=latents_path, load=load, cli=_recorded_options(args),
+                          resuming=args.resume is not None)
+    resumed = os.path.exists(run.checkpoint_path)
+    bar = tqdm(total=video.num_frames, unit="frame", desc=f"{args.method} {video.backbone.name}",
+               disable=args.no_progress, dynamic_ncols=True)
+    received: list[int] = []
+
+    def on_signal(signum, frame):  # the first stops at the next step with a checkpoint, a second at once
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+
+    handlers = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handlers[sig] = signal.signal(sig, on_signal)
+    except ValueError:  # not the main thread: no graceful stop
+        pass
+    try:
+        complete = run.generate(on_frame=lambda: bar.update(1), stop=lambda: bool(received))
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"miga: stopped at once; the last checkpoint in {args.run_dir} stands; continue with: miga generate "
+              f"--resume {args.run_dir}", file=sys.stderr)
+        return 130
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    bar.close()
+    if not complete:
+        cp = run.checkpoint() or {}
+        shown = (cp.get("outputs") or {}).get("video", {}).get("frames", 0)
+        print(f"miga: interrupted; checkpoint saved in {args.run_dir} at frame {run.frames_done} ({args.out}.partial "
+              f"plays its first {shown}); continue with: miga generate --resume {args.run_dir}", file=sys.stderr)
+        return 128 + received[0]
+    if args.preview:
+        from miga.preview import ContactSheet
+        from miga.video import iter_frames
+
+        sheet = ContactSheet(video.num_frames)
+        for i, frame in enumerate(iter_frames(run.out)):
+            sheet.offer(i, frame)
+        sheet.save(args.preview)
+    if args.stats:
+        s = video.stats
+        stats = {
+            "frames": video.num_frames, "latents": video.num_latents, "nfe": s.nfe,
+            "nfe_per_frame": s.nfe / video.num_frames, "model_seconds": s.model_seconds,
+            "total_seconds": run.seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "reflection_checks": s.reflection_checks, "reflection_triggers": s.reflection_triggers,
+            "reflection_adoptions": s.reflection_adoptions, "method": args.method, "model": args.model,
+            "seed": args.seed, "config": asdict(video.config), "run_dir": args.run_dir, "resumed": resumed,
+        }
+        atomic_write_text(args.stats, json.dumps(stats, indent=2) + "\n")
+    saved = f"; latents in {run.latents_path}" if latents_path else ""
+    print(f"wrote {args.out}: {video.num_frames} frames, {video.stats.nfe} model calls, {run.seconds:.1f} s{saved}",
           file=sys.stderr)
     return 0
 

@@ -132,6 +132,7 @@ class LongVideo:
         self.latents_done = 0  # latents handed out by latents() so far
         self._engine: QueueEngine | None = None
         self._resume_state: dict | None = None
+        self.should_stop: Callable[[], bool] | None = None  # asked between passes; True raises RunInterrupted
         sched_cfg = backbone.default_schedule
         if self.config.flow_shift is not None:
             from dataclasses import replace
@@ -186,6 +187,7 @@ class LongVideo:
             state, self._resume_state = self._resume_state, None
             engine.load_state_dict(_to_device(state["engine"], getattr(self.backbone, "device", "cpu")))
             self.latents_done = int(state["latents_done"])
+        engine.should_stop = self.should_stop
         self._engine = engine
         for slot in engine:
             self.latents_done += 1

@@ -1,7 +1,10 @@
 """Video and text output: a streaming MP4 writer, a reader, and atomic text writes.
 
 Nothing here is written under its final name until it is complete: the writer encodes into
-``<path>.partial`` and renames it to ``path`` only on a normal ``close()``.
+``<path>.partial`` and renames it to ``path`` only on a normal ``close()``. The MP4 is fragmented
+(:data:`MP4_OPTIONS`: an empty ``moov`` up front, then a ``moof``/``mdat`` fragment at least every second),
+so the ``.partial`` file of a process that died plays up to its last complete fragment; long runs with
+``--run-dir`` build their video from such files (:mod:`miga.runs`, :mod:`miga.mp4frag`).
 
 ``miga generate`` stores the prompt schedule in the MP4 container's ``comment`` tag as JSON,
 ``{"miga_prompts": [[start_frame, "prompt"], ...]}`` (:func:`prompts_metadata`), so that ``miga eval``
@@ -20,6 +23,11 @@ import av
 import numpy as np
 
 from miga.errors import MigaError
+
+
+MP4_OPTIONS = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "frag_duration": "1000000"}
+"""Muxer options: a fragmented MP4 whose fragments start at keyframes or after one second (microseconds),
+each self-contained (``default_base_moof``), so a file cut after any fragment still plays."""
 
 
 def _check_parent(path: str) -> None:
@@ -62,7 +70,7 @@ class VideoWriter:
 
     def _open(self, height: int, width: int) -> None:
         try:
-            self._container = av.open(self.partial_path, mode="w", format="mp4")
+            self._container = av.open(self.partial_path, mode="w", format="mp4", options=dict(MP4_OPTIONS))
         except OSError as e:
             raise MigaError(f"cannot write {self.path}: {e}") from e
         for key, value in self.metadata.items():
@@ -162,6 +170,19 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     if not frames:
         return np.zeros((0, stream.height or 0, stream.width or 0, 3), np.uint8), fps
     return np.stack(frames), fps
+
+
+def iter_frames(path: str | os.PathLike):
+    """The frames of a video one at a time (uint8 ``[H, W, 3]`` RGB), without holding the whole video."""
+    path = os.fspath(path)
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise MigaError(f"cannot read video {path}: it has no video stream")
+            for frame in container.decode(container.streams.video[0]):
+                yield frame.to_ndarray(format="rgb24")
+    except (OSError, av.FFmpegError) as exc:
+        raise _read_error(path, exc) from None
 
 
 def read_video_metadata(path: str | os.PathLike) -> dict[str, str]:

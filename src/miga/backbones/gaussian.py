@@ -32,6 +32,8 @@ _PALETTE = torch.tensor(
 class GaussianDecoder:
     """Streaming decoder: fixed linear colour map, bilinear ×8 upsampling, one frame per latent."""
 
+    stateless = True  # each frame depends on its own latent only (resuming replays just a few)
+
     def __init__(self, colours: torch.Tensor):
         self.colours = colours  # [3, C]
 

@@ -44,6 +44,8 @@ def file_sha256(path: str) -> str:
 class ShapesDecoder:
     """Streaming decoder: one latent in, one 64x64 frame out, through the autoencoder's decoder."""
 
+    stateless = True  # each frame depends on its own latent only (resuming replays just a few)
+
     def __init__(self, autoencoder: FrameAutoencoder):
         self.autoencoder = autoencoder
 

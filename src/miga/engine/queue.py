@@ -9,7 +9,7 @@ long run can be checkpointed between any two finished latents and resumed (:meth
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -47,6 +47,11 @@ def unpack_slots(states: list[dict]) -> list[Slot]:
     return [Slot.from_state(s) for s in states]
 
 
+class RunInterrupted(Exception):
+    """Raised by :meth:`QueueEngine.next_latent` between two passes when its ``should_stop`` says so; the
+    engine's state is complete at that point (a checkpoint can be taken)."""
+
+
 class QueueEngine:
     """Runs queue passes until finished latents are ready and hands them out one at a time, in order.
 
@@ -61,6 +66,7 @@ class QueueEngine:
     def __init__(self) -> None:
         self.started = False
         self.ready: list[Slot] = []  # finished latents a pass produced that were not handed out yet
+        self.should_stop: Callable[[], bool] | None = None  # asked before every pass (Ctrl-C in a long run)
 
     @property
     def finished(self) -> bool:  # pragma: no cover - abstract
@@ -75,6 +81,8 @@ class QueueEngine:
     def next_latent(self) -> Slot | None:
         """The next finished latent (level 0), running passes as needed; None when the video is done."""
         while not self.ready:
+            if self.should_stop is not None and self.should_stop():
+                raise RunInterrupted
             if not self.started:
                 self.start()
                 self.started = True

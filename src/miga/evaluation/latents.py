@@ -38,9 +38,13 @@ def default_latents_path(video: str) -> str:
 
 
 class LatentWriter:
-    """Streams ``count`` latents ``[C, H, W]`` into a ``.safetensors`` file (see the module docstring)."""
+    """Streams ``count`` latents ``[C, H, W]`` into a ``.safetensors`` file (see the module docstring).
 
-    def __init__(self, path: str, count: int, shape: tuple[int, int, int], metadata: dict):
+    ``resume=k`` reopens the ``.partial`` file of an interrupted run (same count, shape and metadata) and
+    keeps its first ``k`` latents, cutting off anything after them (``miga generate --resume``)."""
+
+    def __init__(self, path: str, count: int, shape: tuple[int, int, int], metadata: dict,
+                 resume: int | None = None):
         self.path, self.partial_path = path, path + ".partial"
         self.count, self.shape, self.written = count, tuple(shape), 0
         self._bytes = int(np.prod(shape)) * 4
@@ -48,11 +52,27 @@ class LatentWriter:
                   "__metadata__": {str(k): str(v) for k, v in metadata.items()}}
         text = json.dumps(header).encode("utf-8")
         text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+        head = struct.pack("<Q", len(text)) + text
+        self._header = len(head)
         try:
-            self._fh = open(self.partial_path, "wb")
+            if resume:
+                self._fh = open(self.partial_path, "r+b")
+            else:
+                self._fh = open(self.partial_path, "wb")
         except OSError as exc:
-            raise MigaError(f"cannot write {path}: {exc.strerror}") from None
-        self._fh.write(struct.pack("<Q", len(text)) + text)
+            raise MigaError(f"cannot write {path}: {exc.strerror or exc}") from None
+        if resume:
+            keep = len(head) + resume * self._bytes
+            size = os.fstat(self._fh.fileno()).st_size
+            if self._fh.read(len(head)) != head or size < keep:
+                self._fh.close()
+                raise MigaError(f"cannot resume: {self.partial_path} does not hold the {resume} latents the "
+                                "checkpoint says were saved (was it moved or changed?)")
+            self._fh.seek(keep)
+            self._fh.truncate()
+            self.written = resume
+        else:
+            self._fh.write(head)
 
     def write(self, latent: torch.Tensor) -> None:
         """Append the next finished latent."""
@@ -61,6 +81,21 @@ class LatentWriter:
                              f"{self.shape}")
         self._fh.write(latent.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes())
         self.written += 1
+
+    def read(self, index: int) -> torch.Tensor:
+        """Latent ``index`` (< :attr:`written`) back from the file, float32 on the CPU."""
+        if not 0 <= index < self.written:
+            raise IndexError(f"latent {index} is not written yet ({self.written} are)")
+        self._fh.flush()
+        with open(self.partial_path, "rb") as fh:
+            fh.seek(self._header + index * self._bytes)
+            data = bytearray(fh.read(self._bytes))
+        return torch.frombuffer(data, dtype=torch.float32).reshape(self.shape).clone()
+
+    def sync(self) -> None:
+        """Make every latent written so far durable (before a checkpoint counts on them)."""
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
 
     def close(self) -> None:
         """Finish the file and give it its final name (all ``count`` latents must have been written)."""
