@@ -12,7 +12,8 @@ import torch
 pytest.importorskip("diffusers")
 
 from cli_helpers import run  # noqa: E402
-from miga.backbones.wan import WanModel, cast_model, check_size  # noqa: E402
+from miga.backbones.diffusers_common import cast_model, check_size  # noqa: E402
+from miga.backbones.wan import WanModel  # noqa: E402
 from miga.backbones.wan_random import random_wan_components, save_wan_folder  # noqa: E402
 from miga.config import preset  # noqa: E402
 from miga.engine.schedules import Schedule  # noqa: E402

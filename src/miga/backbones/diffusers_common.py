@@ -5,6 +5,7 @@ one-line error."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import Callable, TypeVar
 
@@ -78,3 +79,35 @@ def cast_model(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
             if tensor.dtype != want:
                 tensor.data = tensor.data.to(want)
     return model
+
+
+class TextEncoderOffload:
+    """Placement shared by the diffusers adapters: the denoiser on ``self.device`` in ``self.dtype``, the VAE
+    there in float32, the text encoder in ``self.dtype`` on the CPU until prompts are encoded."""
+
+    device: torch.device
+    dtype: torch.dtype
+
+    def _place(self, denoiser, vae, text_encoder):
+        return (cast_model(denoiser, self.dtype).to(self.device).eval().requires_grad_(False),
+                cast_model(vae, torch.float32).to(self.device).eval().requires_grad_(False),
+                cast_model(text_encoder, self.dtype).eval().requires_grad_(False))
+
+    def release_text_encoder(self) -> None:
+        """Move the text encoder back to the CPU once the prompts are encoded (frees its GPU memory)."""
+        self.text_encoder.to("cpu")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def save_diffusers_folder(components: dict, folder: str, scheduler: dict, index: dict) -> str:
+    """Write ``components`` (``save_pretrained`` each into its subfolder), ``scheduler/scheduler_config.json``
+    and ``model_index.json``: the layout of a diffusers model folder."""
+    os.makedirs(os.path.join(folder, "scheduler"), exist_ok=True)
+    for name, part in components.items():
+        part.save_pretrained(os.path.join(folder, name))
+    with open(os.path.join(folder, "scheduler", "scheduler_config.json"), "w") as f:
+        json.dump(scheduler, f, indent=2)
+    with open(os.path.join(folder, "model_index.json"), "w") as f:
+        json.dump(index, f, indent=2)
+    return folder

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from miga.backbones.base import NoiseLevels
-from miga.backbones.diffusers_common import (HUB_ID, WEIGHT_SUFFIXES, cast_model, check_size, default_device,
-                                             hub_id_message, load_part, parse_dtype, read_json)
+from miga.backbones.diffusers_common import (HUB_ID, WEIGHT_SUFFIXES, TextEncoderOffload, check_size,
+                                             default_device, hub_id_message, load_part, parse_dtype, read_json)
 from miga.engine.schedules import ScheduleConfig
 from miga.errors import MigaError
 
@@ -216,7 +216,7 @@ class UNet3DFrameDecoder:
         return []
 
 
-class UNet3DModel:
+class UNet3DModel(TextEncoderOffload):
     """A diffusers ``UNet3DConditionModel`` text-to-video model as a :class:`~miga.backbones.base.Backbone`.
 
     Build it with :meth:`from_folder` (a user's local diffusers folder) or :meth:`from_components`.
@@ -256,9 +256,7 @@ class UNet3DModel:
         self.default_schedule = schedule or ddpm_schedule_from(MODELSCOPE_SCHEDULER)
         self.max_length = int(min(getattr(tokenizer, "model_max_length", 77) or 77,
                                   getattr(text_encoder.config, "max_position_embeddings", 77)))
-        self.unet = cast_model(unet, self.dtype).to(self.device).eval().requires_grad_(False)
-        self.vae = cast_model(vae, torch.float32).to(self.device).eval().requires_grad_(False)
-        self.text_encoder = cast_model(text_encoder, self.dtype).eval().requires_grad_(False)  # CPU until used
+        self.unet, self.vae, self.text_encoder = self._place(unet, vae, text_encoder)  # text encoder: CPU
         self.tokenizer = tokenizer
 
     @classmethod
@@ -302,12 +300,6 @@ class UNet3DModel:
             mask = tokens.attention_mask.to(self.device)
         hidden = encoder(tokens.input_ids.to(self.device), attention_mask=mask).last_hidden_state[0]
         return hidden.to(self.dtype)
-
-    def release_text_encoder(self) -> None:
-        """Move the text encoder back to the CPU once the prompts are encoded."""
-        self.text_encoder.to("cpu")
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
 
     # ---- the model ----
     @torch.no_grad()

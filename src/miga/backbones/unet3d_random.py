@@ -12,6 +12,7 @@ import os
 
 import torch
 
+from miga.backbones.diffusers_common import save_diffusers_folder
 from miga.backbones.unet3d import MODELSCOPE_SCHEDULER
 
 TINY_UNET = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
@@ -51,20 +52,8 @@ def random_unet3d_components(seed: int = 0) -> dict:
 
 
 def save_unet3d_folder(components: dict, folder: str) -> str:
-    """Write components as a diffusers-format ``TextToVideoSDPipeline`` folder."""
-    os.makedirs(folder, exist_ok=True)
-    for name in ("unet", "vae", "text_encoder", "tokenizer"):
-        components[name].save_pretrained(os.path.join(folder, name))
-    # the tokenizer as the real folders ship it: vocab.json + merges.txt, no tokenizer.json
-    tok_dir = os.path.join(folder, "tokenizer")
-    with open(os.path.join(tok_dir, "vocab.json"), "w") as f:
-        json.dump(components["tokenizer"].get_vocab(), f)
-    with open(os.path.join(tok_dir, "merges.txt"), "w") as f:
-        f.write("#version: 0.2\n")
-    os.remove(os.path.join(tok_dir, "tokenizer.json"))
-    os.makedirs(os.path.join(folder, "scheduler"), exist_ok=True)
-    with open(os.path.join(folder, "scheduler", "scheduler_config.json"), "w") as f:
-        json.dump({"_class_name": "DDIMScheduler", **MODELSCOPE_SCHEDULER}, f, indent=2)
+    """Write components as a diffusers-format ``TextToVideoSDPipeline`` folder, the tokenizer as the real
+    folders ship it (``vocab.json`` + ``merges.txt``, no ``tokenizer.json``)."""
     index = {
         "_class_name": "TextToVideoSDPipeline",
         "scheduler": ["diffusers", "DDIMScheduler"],
@@ -73,6 +62,12 @@ def save_unet3d_folder(components: dict, folder: str) -> str:
         "unet": ["diffusers", type(components["unet"]).__name__],
         "vae": ["diffusers", "AutoencoderKL"],
     }
-    with open(os.path.join(folder, "model_index.json"), "w") as f:
-        json.dump(index, f, indent=2)
+    save_diffusers_folder({k: components[k] for k in ("unet", "vae", "text_encoder", "tokenizer")}, folder,
+                          {"_class_name": "DDIMScheduler", **MODELSCOPE_SCHEDULER}, index)
+    tok_dir = os.path.join(folder, "tokenizer")
+    with open(os.path.join(tok_dir, "vocab.json"), "w") as f:
+        json.dump(components["tokenizer"].get_vocab(), f)
+    with open(os.path.join(tok_dir, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n")
+    os.remove(os.path.join(tok_dir, "tokenizer.json"))
     return folder

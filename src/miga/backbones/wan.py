@@ -27,7 +27,7 @@ import torch
 
 from miga.backbones.base import NoiseLevels
 from miga.backbones.diffusers_common import (
-    HUB_ID, WEIGHT_SUFFIXES, cast_model, check_size, default_device, hub_id_message, load_part, parse_dtype,
+    HUB_ID, WEIGHT_SUFFIXES, TextEncoderOffload, check_size, default_device, hub_id_message, load_part, parse_dtype,
     read_json)
 from miga.engine.schedules import ScheduleConfig
 from miga.errors import MigaError
@@ -126,7 +126,7 @@ class WanStreamingDecoder:
         return []
 
 
-class WanModel:
+class WanModel(TextEncoderOffload):
     """Wan2.1-T2V or SkyReels-V2-DF as a :class:`~miga.backbones.base.Backbone`.
 
     Build it with :meth:`from_folder` (a user's local diffusers folder) or :meth:`from_components`.
@@ -174,9 +174,7 @@ class WanModel:
         self.max_sequence_length = int(max_sequence_length)
         self.default_schedule = ScheduleConfig(kind="flow", shift=float(flow_shift))
         self.fps_input = bool(getattr(transformer.config, "inject_sample_info", False))
-        self.transformer = cast_model(transformer, self.dtype).to(self.device).eval().requires_grad_(False)
-        self.vae = cast_model(vae, torch.float32).to(self.device).eval().requires_grad_(False)
-        self.text_encoder = cast_model(text_encoder, self.dtype).eval().requires_grad_(False)  # CPU until used
+        self.transformer, self.vae, self.text_encoder = self._place(transformer, vae, text_encoder)
         self.tokenizer = tokenizer
 
     @classmethod
@@ -235,12 +233,6 @@ class WanModel:
         length = int(mask.sum())
         hidden = torch.cat([hidden[:length], hidden.new_zeros(hidden.shape[0] - length, hidden.shape[1])])
         return hidden.to(self.dtype)
-
-    def release_text_encoder(self) -> None:
-        """Move the text encoder back to the CPU once the prompts are encoded (frees ~11 GiB on a GPU)."""
-        self.text_encoder.to("cpu")
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
 
     # ---- the model ----
     def per_token_timesteps(self, timesteps: torch.Tensor) -> torch.Tensor:

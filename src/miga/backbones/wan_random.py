@@ -8,10 +8,9 @@ one-layer UMT5 of the real width (4096), because a random 5.7 B-parameter encode
 
 from __future__ import annotations
 
-import json
-import os
-
 import torch
+
+from miga.backbones.diffusers_common import save_diffusers_folder
 
 TINY_WORDS = ("a the cat dog red blue ball walking running on beach at sunset sea forest snow city night "
               "flying bird car road").split()
@@ -73,13 +72,7 @@ def random_wan_components(size: str = "tiny", *, skyreels: bool = False, seed: i
 
 def save_wan_folder(components: dict, folder: str) -> str:
     """Write components as a diffusers-format model folder (``model_index.json`` + one subfolder each)."""
-    os.makedirs(folder, exist_ok=True)
-    for name in ("transformer", "vae", "text_encoder", "tokenizer"):
-        components[name].save_pretrained(os.path.join(folder, name))
     skyreels = type(components["transformer"]).__name__.startswith("SkyReels")
-    os.makedirs(os.path.join(folder, "scheduler"), exist_ok=True)
-    with open(os.path.join(folder, "scheduler", "scheduler_config.json"), "w") as f:
-        json.dump({"_class_name": "UniPCMultistepScheduler", **SCHEDULER}, f, indent=2)
     index = {
         "_class_name": "SkyReelsV2DiffusionForcingPipeline" if skyreels else "WanPipeline",
         "scheduler": ["diffusers", "UniPCMultistepScheduler"],
@@ -88,6 +81,5 @@ def save_wan_folder(components: dict, folder: str) -> str:
         "transformer": ["diffusers", type(components["transformer"]).__name__],
         "vae": ["diffusers", "AutoencoderKLWan"],
     }
-    with open(os.path.join(folder, "model_index.json"), "w") as f:
-        json.dump(index, f, indent=2)
-    return folder
+    return save_diffusers_folder({k: components[k] for k in ("transformer", "vae", "text_encoder", "tokenizer")},
+                                 folder, {"_class_name": "UniPCMultistepScheduler", **SCHEDULER}, index)
