@@ -54,19 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "'FRAME: prompt' to say where each starts (see README)")
     g.add_argument("--model", default="shapes", help="shapes (the built-in shapes-world model, default), a "
                    ".safetensors file from 'miga train-toy', gaussian (exact Gaussian world), gaussian-clip (the same, "
-                   "denoised like a one-level foundation model), or a local diffusers folder of Wan2.1-T2V or "
-                   "SkyReels-V2-DF (see README)")
+                   "denoised like a one-level foundation model), or a local diffusers folder of Wan2.1-T2V, "
+                   "SkyReels-V2-DF or a UNet3D text-to-video model (ModelScope, Zeroscope; see README)")
     g.add_argument("--device", help="where the model runs, e.g. cuda, cuda:1, cpu (default: cuda if available "
                    "for diffusers models, else cpu)")
     g.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), help="diffusers models: transformer and "
                    "text-encoder precision (default bfloat16 on a GPU, float32 on the CPU; the VAE stays float32)")
     g.add_argument("--window-latents", type=_number(minimum=2), metavar="F", help="diffusers models: latent frames "
-                   "per model window, f_0 (default: the training length, 21 for Wan2.1 = 81 frames)")
+                   "per model window, f_0 (default: the training length, 21 for Wan2.1 = 81 frames, 16 for UNet3D)")
     g.add_argument("--model-batch", type=_number(), metavar="B", help="diffusers models: samples per transformer "
                    "call (default: all; 1 runs classifier-free guidance as two passes, for less GPU memory)")
     g.add_argument("--method", choices=METHODS, default="miga")
-    g.add_argument("--preset", help="preset: videocrafter2, wan2.1, skyreels-v2-df, gaussian, shapes (default: "
-                   "the model's own)")
+    g.add_argument("--preset", help="preset: videocrafter2, modelscope, wan2.1, skyreels-v2-df, gaussian, shapes "
+                   "(default: the model's own)")
     g.add_argument("--frames", type=_number(), default=128, metavar="N", help="output frames (default 128)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", default="miga.mp4", metavar="FILE.mp4", help="output video (default miga.mp4)")
@@ -244,7 +244,8 @@ def _diffusers_options(args) -> dict:
              if v is not None}
     if given and (args.model in ("shapes", "gaussian", "gaussian-clip") or args.model.endswith(".safetensors")):
         flag = "--" + next(iter(given)).replace("_", "-")
-        raise MigaError(f"{flag} applies to diffusers models (a Wan2.1 or SkyReels-V2 folder), not {args.model}")
+        raise MigaError(f"{flag} applies to diffusers models (a Wan2.1, SkyReels-V2 or UNet3D folder), "
+                        f"not {args.model}")
     return given
 
 
