@@ -26,3 +26,54 @@ def interrupt_frames_after(monkeypatch, count: int) -> None:
             yield frame
 
     monkeypatch.setattr(LongVideo, "frames", frames_then_interrupt)
+
+
+PRELOAD = ["torch", "av", "tqdm", "miga.cli", "miga.pipeline", "miga.runs", "miga.video", "miga.mp4frag",
+           "miga.evaluation.latents", "miga.backbones.gaussian", "miga.backbones.shapes"]
+
+
+def _cli_in_child(argv, err_path):
+    import os
+    import sys
+
+    fd = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 2)
+    sys.exit(cli.main(list(argv)))
+
+
+class ForkedCLI:
+    """``miga ARGV`` in a separate process forked from a server that imported miga and torch once, so a
+    test can start (and SIGKILL) many runs without paying the imports each time. Popen-like: ``poll``,
+    ``send_signal``, ``wait``, ``returncode`` (negative: killed by that signal) and ``stderr_text()``."""
+
+    _context = None
+
+    def __init__(self, argv, err_path):
+        import multiprocessing
+
+        if ForkedCLI._context is None:
+            ForkedCLI._context = multiprocessing.get_context("forkserver")
+            ForkedCLI._context.set_forkserver_preload(PRELOAD)
+        self.err_path = str(err_path)
+        self.process = ForkedCLI._context.Process(target=_cli_in_child, args=([str(a) for a in argv], self.err_path))
+        self.process.start()
+
+    def poll(self):
+        return self.process.exitcode
+
+    def send_signal(self, sig):
+        import os
+
+        os.kill(self.process.pid, sig)
+
+    def wait(self):
+        self.process.join()
+        return self.process.exitcode
+
+    @property
+    def returncode(self):
+        return self.process.exitcode
+
+    def stderr_text(self):
+        with open(self.err_path, encoding="utf-8", errors="replace") as fh:
+            return fh.read()

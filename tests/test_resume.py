@@ -1,0 +1,229 @@
+"""Checkpoint and resume (issue 6): a run killed with SIGKILL more than once, or stopped with Ctrl-C, and
+resumed gives the latents of an uninterrupted run and the same video file; the partial video plays.
+
+Kill moments are found by watching the run dir (the checkpoint file being replaced, the next segment being
+started), not by sleeping. Uninterrupted references run in-process; the runs that are killed are separate
+processes forked from a server that imported miga once (:class:`cli_helpers.ForkedCLI`), and the Ctrl-C
+test runs the real ``python -m miga`` (about 2 s of imports).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from miga import FIFOConfig, LongVideo, MIGAConfig, load_backbone
+from miga.checkpoint import load_state, save_state
+from miga.evaluation.latents import read_latents
+from miga.runs import CHECKPOINT, SEGMENT
+from miga.video import read_video
+from cli_helpers import ForkedCLI, run
+
+GAUSSIAN = ["x", "--model", "gaussian", "--height", "32", "--width", "32", "--frames", "64", "--checkpoint-every", "8"]
+SHAPES = ["a red circle bouncing", "--frames", "24", "--checkpoint-every", "4"]
+CASES = {  # (model, method): generate options; the shapes model with fewer steps to keep the test short
+    ("gaussian", "fifo"): GAUSSIAN + ["--method", "fifo"],
+    ("gaussian", "miga"): GAUSSIAN + ["--method", "miga"],
+    ("shapes", "fifo"): SHAPES + ["--method", "fifo", "--steps", "16"],
+    ("shapes", "miga"): SHAPES + ["--method", "miga", "--steps", "18"],
+}
+_references = {}
+
+
+def outputs(folder):
+    """(run dir, video, latents file) of a run kept in ``folder``."""
+    return str(folder / "run"), str(folder / "v.mp4"), str(folder / "v.latents.safetensors")
+
+
+def argv_for(case, folder):
+    run_dir, out, lat = outputs(folder)
+    return ["generate", *CASES[case], "--out", out, "--save-latents", lat, "--run-dir", run_dir, "--no-progress"]
+
+
+def reference(case, tmp_path_factory, capsys):
+    """The uninterrupted run of ``case`` (in-process, once per session): (latents, video bytes)."""
+    if case not in _references:
+        folder = tmp_path_factory.mktemp("reference")
+        code, _, err = run(capsys, *argv_for(case, folder))
+        assert code == 0, err
+        _, out, lat = outputs(folder)
+        _references[case] = (read_latents(lat)[0], open(out, "rb").read())
+    return _references[case]
+
+
+def signature(path):
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def start(argv):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "miga", *argv], stderr=subprocess.PIPE, env=env)
+
+
+def stop_when(proc, ready, sig=signal.SIGKILL, timeout=120.0):
+    """Send ``sig`` to ``proc`` as soon as ``ready()`` holds; return (exit status, stderr)."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and not ready():
+        assert time.monotonic() < deadline, "the run never reached the moment to stop it"
+        time.sleep(0.002)
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    proc.wait()
+    if isinstance(proc, ForkedCLI):
+        return proc.returncode, proc.stderr_text()
+    return proc.returncode, proc.stderr.read().decode()
+
+
+def after_checkpoints(run_dir, count):
+    """A condition: the checkpoint was replaced ``count`` times since now."""
+    path = os.path.join(run_dir, CHECKPOINT)
+    seen = [signature(path)]
+
+    def ready():
+        sig = signature(path)
+        if sig != seen[-1]:
+            seen.append(sig)
+        return len(seen) > count
+    return ready
+
+
+def frames_in(path, nbytes=None, scratch=None):
+    """Frames PyAV decodes from ``path`` (or from its first ``nbytes`` bytes)."""
+    if nbytes is not None:
+        with open(path, "rb") as fh:
+            data = fh.read(nbytes)
+        path = scratch
+        with open(path, "wb") as fh:
+            fh.write(data)
+    return len(read_video(path)[0])
+
+
+def check_partial_video(run_dir, out, scratch):
+    """The partial video plays: its first ``bytes`` (as the checkpoint records them) hold exactly the
+    checkpointed frames, and the whole file (a segment may have been appended just before the kill) at
+    least those."""
+    done = load_state(os.path.join(run_dir, CHECKPOINT))["outputs"]["video"]
+    assert done["frames"] > 0
+    assert frames_in(out + ".partial", done["bytes"], scratch) == done["frames"]
+    assert frames_in(out + ".partial") >= done["frames"]
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=["-".join(c) for c in CASES])
+def test_killed_twice_and_resumed_equals_uninterrupted(case, tmp_path, tmp_path_factory, capsys):
+    run_dir, out, lat = outputs(tmp_path)
+    # 1. killed right after a checkpoint
+    code, err = stop_when(ForkedCLI(argv_for(case, tmp_path), tmp_path / "err1"), after_checkpoints(run_dir, 1))
+    assert code == -signal.SIGKILL, f"the run ended before it was killed: {err}"
+    check_partial_video(run_dir, out, str(tmp_path / "cut.mp4"))
+    # 2. resumed, then killed in the middle of a segment (frames made since the last checkpoint are lost)
+    changed, segment, seen = after_checkpoints(run_dir, 1), os.path.join(run_dir, SEGMENT + ".partial"), []
+
+    def mid_segment():  # a checkpoint was taken, and the next segment has frames
+        if not seen and changed():
+            seen.append(True)
+        return bool(seen) and os.path.exists(segment)
+    code, err = stop_when(ForkedCLI(["generate", "--resume", run_dir, "--no-progress"], tmp_path / "err2"),
+                          mid_segment)
+    assert code == -signal.SIGKILL, f"the resumed run ended before it was killed: {err}"
+    # 3. resumed to the end (in-process: it is not killed)
+    code, _, err = run(capsys, "generate", "--resume", run_dir, "--no-progress")
+    assert code == 0, err
+    latents, video = reference(case, tmp_path_factory, capsys)
+    assert torch.equal(read_latents(lat)[0], latents)
+    assert open(out, "rb").read() == video  # same segments, same encoder: the same file
+    frames = int(CASES[case][CASES[case].index("--frames") + 1])
+    assert frames_in(out) == frames and not os.path.exists(out + ".partial")
+
+
+def test_ctrl_c_leaves_a_checkpoint_and_a_playable_video(tmp_path, tmp_path_factory, capsys):
+    case = ("gaussian", "miga")
+    run_dir, out, lat = outputs(tmp_path)
+    code, err = stop_when(start(argv_for(case, tmp_path)), after_checkpoints(run_dir, 1), signal.SIGINT)
+    lines = err.strip().splitlines()
+    assert code == 130 and len(lines) == 1 and f"miga generate --resume {run_dir}" in lines[0], err
+    check_partial_video(run_dir, out, str(tmp_path / "cut.mp4"))
+    assert not os.path.exists(out)
+    code, _, err = run(capsys, "generate", "--resume", run_dir, "--no-progress")
+    assert code == 0, err
+    latents, video = reference(case, tmp_path_factory, capsys)
+    assert torch.equal(read_latents(lat)[0], latents) and open(out, "rb").read() == video
+
+
+# ---------------------------------------------------------------- the library API, in-process
+class KeepState:
+    """A decoder wrapper without ``stateless``: resuming then replays every latent through it."""
+
+    def __init__(self, decoder):
+        self.decoder = decoder
+
+    def push(self, latent):
+        return self.decoder.push(latent)
+
+    def flush(self):
+        return self.decoder.flush()
+
+
+@pytest.mark.parametrize("cfg,stateful", [(MIGAConfig.gaussian(), False), (FIFOConfig.gaussian(), True)],
+                         ids=["miga", "fifo-stateful-decoder"])
+def test_library_run_stopped_anywhere_resumes_exactly(tmp_path, cfg, stateful):
+    """``LongVideo.start_run`` stopped at many moments (between passes during the fill, between latents,
+    mid-segment) and ``LongVideo.resume`` to the end: the same latents and video as one uninterrupted run."""
+    world = load_backbone("gaussian", height=32, width=32)
+    if stateful:
+        world.decoder = lambda d=world.decoder: KeepState(d())
+    whole = LongVideo(world, "x", 45, cfg, seed=3).start_run(str(tmp_path / "a"), str(tmp_path / "a.mp4"),
+                                                              checkpoint_every=8)
+    assert whole.generate() is True
+    ref_latents = torch.stack(list(LongVideo(world, "x", 45, cfg, seed=3).latents()))
+    run = LongVideo(world, "x", 45, cfg, seed=3).start_run(str(tmp_path / "b"), str(tmp_path / "b.mp4"),
+                                                            checkpoint_every=8)
+    stops = 0
+    for at in (2, 7, 19, 11):  # the stop callback is asked before every pass and after every latent
+        calls = [0]
+
+        def stop():
+            calls[0] += 1
+            return calls[0] >= at
+        assert run.generate(stop=stop) is False
+        stops += 1
+        run = LongVideo.resume(str(tmp_path / "b"), backbone=world)
+    assert run.generate() is True and stops == 4
+    assert torch.equal(read_latents(run.latents_path)[0], ref_latents)
+    assert (tmp_path / "b.mp4").read_bytes() == (tmp_path / "a.mp4").read_bytes()
+    assert run.video.stats.nfe == whole.video.stats.nfe  # counters survive too
+
+
+def test_state_dict_round_trip_through_a_checkpoint_file(tmp_path):
+    """``LongVideo.state_dict`` saved and loaded between any two latents continues with the same latents
+    (MIGA with self-reflection triggering, batch Stage 2)."""
+    world = load_backbone("gaussian", height=32, width=32)
+    cfg = MIGAConfig.gaussian().with_(stage2_mode="batch", reflection_threshold=0.0)
+    ref = torch.stack(list(LongVideo(world, "x", 50, cfg, seed=1).latents()))
+    video = LongVideo(world, "x", 50, cfg, seed=1)
+    got, it = [], video.latents()
+    for k in (1, 13, 30):
+        while len(got) < k:
+            got.append(next(it))
+        save_state(str(tmp_path / "c.safetensors"), video.state_dict())
+        video = LongVideo(world, "x", 50, cfg, seed=1)
+        video.load_state_dict(load_state(str(tmp_path / "c.safetensors")))
+        it = video.latents()
+    got += list(it)
+    assert torch.equal(torch.stack(got), ref) and video.stats.reflection_triggers > 0
+
+
+def test_same_command_again_continues_and_a_complete_run_is_kept(tmp_path, capsys):
+    argv = ["generate", "x", "--model", "gaussian", "--height", "32", "--width", "32", "--frames", "20",
+            "--out", str(tmp_path / "v.mp4"), "--run-dir", str(tmp_path / "r"), "--no-progress"]
+    assert run(capsys, *argv)[0] == 0
+    first = (tmp_path / "v.mp4").read_bytes()
+    code, _, err = run(capsys, *argv)  # the run is complete: nothing is redone
+    assert code == 0 and (tmp_path / "v.mp4").read_bytes() == first, err
