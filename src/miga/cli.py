@@ -435,7 +435,7 @@ def _generate_run(args, video, latents_path: str | None) -> int:
         shown = (cp.get("outputs") or {}).get("video", {}).get("frames", 0)
         print(f"miga: interrupted; checkpoint saved in {args.run_dir} at frame {run.frames_done} ({args.out}.partial "
               f"plays its first {shown}); continue with: miga generate --resume {args.run_dir}", file=sys.stderr)
-        return 128 + received[0]
+        return 128 + (received[0] if received else signal.SIGINT)
     if args.preview:
         from miga.preview import ContactSheet
         from miga.video import iter_frames

@@ -157,7 +157,7 @@ class VideoRun:
     def __init__(self, video, run_dir: str, record: dict):
         self.video, self.run_dir, self.record = video, run_dir, record
         self.out = record["outputs"]["out"]
-        self.latents_path = record["outputs"]["latents"]
+        self.latents_path = record["outputs"]["latents"] or os.path.join(run_dir, LATENTS)
         self.checkpoint_every = int(record["checkpoint_every"])
         self.seconds = 0.0  # generation time over all sessions, once generate() returns
         self.frames_done = 0  # frames in the video and the open segment
@@ -186,8 +186,8 @@ class VideoRun:
             raise MigaError(f"cannot create run dir {run_dir}: folder {parent} does not exist")
         record = _plain({
             "format": FORMAT, "video": video_identity(video, (load or {}).get("model")),
-            "outputs": {"out": os.path.abspath(out),
-                        "latents": os.path.abspath(save_latents or os.path.join(run_dir, LATENTS)),
+            "outputs": {"out": os.path.abspath(out),  # the latents: None for LATENTS in the run dir
+                        "latents": os.path.abspath(save_latents) if save_latents else None,
                         "keep_latents": save_latents is not None},
             "checkpoint_every": every, "load": load, "cli": cli})
         path = os.path.join(run_dir, RUN_FILE)
