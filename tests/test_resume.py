@@ -7,6 +7,7 @@ processes forked from a server that imported miga once (:class:`cli_helpers.Fork
 test runs the real ``python -m miga`` (about 2 s of imports).
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -223,7 +224,11 @@ def test_state_dict_round_trip_through_a_checkpoint_file(tmp_path):
 def test_same_command_again_continues_and_a_complete_run_is_kept(tmp_path, capsys):
     argv = ["generate", "x", "--model", "gaussian", "--height", "32", "--width", "32", "--frames", "20",
             "--out", str(tmp_path / "v.mp4"), "--run-dir", str(tmp_path / "r"), "--no-progress"]
-    assert run(capsys, *argv)[0] == 0
+    code, _, err = run(capsys, *argv, "--stats", tmp_path / "s.json", "--preview", tmp_path / "p.png")
+    assert code == 0, err
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert stats["frames"] == 20 and stats["run_dir"] == str(tmp_path / "r") and not stats["resumed"]
+    assert (tmp_path / "p.png").stat().st_size > 0 and (tmp_path / "r" / "latents.safetensors").exists()
     first = (tmp_path / "v.mp4").read_bytes()
     code, _, err = run(capsys, *argv)  # the run is complete: nothing is redone
     assert code == 0 and (tmp_path / "v.mp4").read_bytes() == first, err

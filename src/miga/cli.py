@@ -431,10 +431,9 @@ def _generate_run(args, video, latents_path: str | None) -> int:
             signal.signal(sig, handler)
     bar.close()
     if not complete:
-        cp = run.checkpoint() or {}
-        shown = (cp.get("outputs") or {}).get("video", {}).get("frames", 0)
         print(f"miga: interrupted; checkpoint saved in {args.run_dir} at frame {run.frames_done} ({args.out}.partial "
-              f"plays its first {shown}); continue with: miga generate --resume {args.run_dir}", file=sys.stderr)
+              f"plays its first {run.video_frames}); continue with: miga generate --resume {args.run_dir}",
+              file=sys.stderr)
         return 128 + (received[0] if received else signal.SIGINT)
     if args.preview:
         from miga.preview import ContactSheet

@@ -236,6 +236,12 @@ class VideoRun:
             raise MigaError(f"cannot resume {run_dir}: {diff}")
         return cls(video, run_dir, record)
 
+    @property
+    def video_frames(self) -> int:
+        """Frames in ``OUT.partial`` (or ``OUT``) as of the last checkpoint of this session."""
+        mp4 = getattr(self, "_mp4", None)
+        return mp4.frames if mp4 is not None else 0
+
     # ------------------------------------------------------------------ state on disk
     @property
     def checkpoint_path(self) -> str:
