@@ -232,3 +232,17 @@ def test_same_command_again_continues_and_a_complete_run_is_kept(tmp_path, capsy
     first = (tmp_path / "v.mp4").read_bytes()
     code, _, err = run(capsys, *argv)  # the run is complete: nothing is redone
     assert code == 0 and (tmp_path / "v.mp4").read_bytes() == first, err
+
+
+def test_a_run_dir_in_use_is_refused(tmp_path, capsys):
+    import fcntl
+
+    argv = ["generate", "x", "--model", "gaussian", "--height", "32", "--width", "32", "--frames", "8",
+            "--out", str(tmp_path / "v.mp4"), "--run-dir", str(tmp_path / "r"), "--no-progress"]
+    assert run(capsys, *argv)[0] == 0
+    before = (tmp_path / "v.mp4").read_bytes()
+    with open(tmp_path / "r" / "lock", "w") as held:  # another process working on the run
+        fcntl.flock(held, fcntl.LOCK_EX)
+        code, _, err = run(capsys, *argv)
+    assert code == 2 and "in use by another miga process" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "v.mp4").read_bytes() == before
