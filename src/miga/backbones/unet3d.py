@@ -195,6 +195,8 @@ def per_frame_timesteps(unet, timesteps: torch.Tensor) -> Iterator[torch.Tensor]
 class UNet3DFrameDecoder:
     """The image VAE, one latent in, one frame out (``vae.decode(latent / scaling_factor)``)."""
 
+    stateless = True  # each frame depends on its own latent only (resuming replays just a few)
+
     def __init__(self, vae):
         self.vae = vae
         param = next(vae.parameters())
