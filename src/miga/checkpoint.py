@@ -14,58 +14,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from typing import Any
 
 import torch
 
 from miga.errors import MigaError
+from miga.video import atomic_write_bytes
 
 FORMAT = "miga-checkpoint/1"
 _TENSOR = "__tensor__"
 
 
 def durable_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, rename it over ``path`` and fsync the
-    folder, so that after a crash ``path`` holds the old bytes or the new ones, never a mix."""
-    directory, name = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), _file_mode())
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(directory)
-
-
-def _file_mode() -> int:
-    """Permissions for a new file under the process umask (``mkstemp`` alone gives 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def fsync_dir(directory: str) -> None:
-    """Make a rename in ``directory`` durable (best effort where folders cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """Write ``data`` atomically and durably: after a crash ``path`` holds the old bytes or the new ones."""
+    atomic_write_bytes(path, data, durable=True)
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> str:
