@@ -218,3 +218,12 @@ def test_the_text_encoder_leaves_the_model_device_once_prompts_are_encoded(wan):
 def test_from_components_builds_the_same_model_without_a_folder():
     model = WanModel.from_components(random_wan_components("tiny", seed=1), device="cpu", **SIZE)
     assert model.latent_shape == (16, 4, 4) and model.name == "wan2.1"
+
+
+def test_missing_diffusers_packages_are_named_with_the_install_command(wan_dir, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "accelerate" else real(name, *a))
+    with pytest.raises(MigaError, match=r'need accelerate; install them with pip install "miga-video\[diffusers\]"'):
+        load_backbone(wan_dir, device="cpu", **SIZE)

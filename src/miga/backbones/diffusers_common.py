@@ -36,6 +36,19 @@ def hub_id_message(path: str) -> str:
             f"with 'hf download {path} --local-dir DIR' and pass --model DIR")
 
 
+def import_diffusers():
+    """diffusers, after checking that the packages its loaders need are installed (one line if not)."""
+    import importlib.util
+
+    missing = [m for m in ("diffusers", "transformers", "accelerate") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MigaError(f"diffusers models need {', '.join(missing)}; install them with "
+                        'pip install "miga-video[diffusers]"')
+    import diffusers
+
+    return diffusers
+
+
 def load_part(path: str, part: str, fn: Callable[[], T]) -> T:
     """Run ``fn`` (a ``from_pretrained`` of ``path/part``); any failure becomes one line naming the part."""
     try:

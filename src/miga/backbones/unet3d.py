@@ -31,7 +31,8 @@ import torch
 
 from miga.backbones.base import NoiseLevels
 from miga.backbones.diffusers_common import (HUB_ID, WEIGHT_SUFFIXES, TextEncoderOffload, check_size,
-                                             default_device, hub_id_message, load_part, parse_dtype, read_json)
+                                             default_device, hub_id_message, import_diffusers, load_part,
+                                             parse_dtype, read_json)
 from miga.engine.schedules import ScheduleConfig
 from miga.errors import MigaError
 
@@ -269,7 +270,7 @@ class UNet3DModel(TextEncoderOffload):
         problem = unet_folder_error(path)
         if problem:
             raise MigaError(problem)
-        import diffusers
+        diffusers = import_diffusers()
         from transformers import CLIPTextModel, CLIPTokenizer
 
         schedule = ddpm_schedule_from(read_json(os.path.join(path, "scheduler", "scheduler_config.json")))

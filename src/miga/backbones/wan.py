@@ -27,8 +27,8 @@ import torch
 
 from miga.backbones.base import NoiseLevels
 from miga.backbones.diffusers_common import (
-    HUB_ID, WEIGHT_SUFFIXES, TextEncoderOffload, check_size, default_device, hub_id_message, load_part, parse_dtype,
-    read_json)
+    HUB_ID, WEIGHT_SUFFIXES, TextEncoderOffload, check_size, default_device, hub_id_message, import_diffusers,
+    load_part, parse_dtype, read_json)
 from miga.engine.schedules import ScheduleConfig
 from miga.errors import MigaError
 
@@ -187,7 +187,7 @@ class WanModel(TextEncoderOffload):
         if name not in TRANSFORMER_CLASSES:
             raise MigaError(f"{path}/transformer is a {name}, not a Wan2.1 or SkyReels-V2 transformer "
                             f"({' or '.join(TRANSFORMER_CLASSES)})")
-        import diffusers
+        diffusers = import_diffusers()
         from transformers import AutoTokenizer, UMT5EncoderModel
 
         if diffusers.__version__ != DIFFUSERS_VERSION:
