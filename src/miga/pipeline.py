@@ -43,23 +43,14 @@ def load_backbone(model: str = "shapes", *, height: int | None = None, width: in
     go to the backbone's constructor."""
     if model not in BUILTIN_MODELS and not model.endswith(".safetensors"):
         from miga.backbones.unet3d import UNet3DModel, is_unet_folder, model_file_error
-        from miga.backbones.wan import WanModel, model_folder_error, transformer_class_name
+        from miga.backbones.wan import WanModel
 
         if os.path.isfile(model):
             raise MigaError(model_file_error(model))
         if is_unet_folder(model):
             return UNet3DModel.from_folder(model, height=height, width=width, device=device, dtype=dtype, **kwargs)
-        if os.path.isdir(model) and os.path.isfile(os.path.join(model, "transformer", "config.json")):
-            name = transformer_class_name(model)
-            if name not in ("WanTransformer3DModel", "SkyReelsV2Transformer3DModel"):
-                raise MigaError(f"{model} holds a {name}, which miga does not support; supported: Wan2.1-T2V, "
-                                "SkyReels-V2-DF and UNet3D (ModelScope, Zeroscope) diffusers folders, or "
-                                + ", ".join(BUILTIN_MODELS))
-        problem = model_folder_error(model)
-        if problem and not os.path.exists(model) and "/" not in model and os.sep not in model:
-            problem = f"unknown model {model!r}; choose one of: {', '.join(BUILTIN_MODELS)}, or a model folder"
-        if problem:
-            raise MigaError(problem)
+        if not os.path.exists(model) and "/" not in model and os.sep not in model:
+            raise MigaError(f"unknown model {model!r}; choose one of: {', '.join(BUILTIN_MODELS)}, or a model folder")
         return WanModel.from_folder(model, height=height, width=width, device=device, dtype=dtype, **kwargs)
     if dtype not in (None, "float32"):
         raise MigaError(f"--dtype {dtype} applies to diffusers models; the {model} model runs in float32")
@@ -69,8 +60,9 @@ def load_backbone(model: str = "shapes", *, height: int | None = None, width: in
         from miga.backbones.shapes import ShapesModel
         from miga.backbones.unet3d import model_file_error
 
-        if model != "shapes" and model_file_error(model):
-            raise MigaError(model_file_error(model))
+        problem = None if model == "shapes" else model_file_error(model)
+        if problem:
+            raise MigaError(problem)
         if size and size != {"height": 64, "width": 64}:
             raise MigaError("the shapes model makes 64x64 frames; leave out --height/--width")
         return ShapesModel(None if model == "shapes" else model, device=device, **kwargs)

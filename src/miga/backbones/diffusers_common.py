@@ -106,6 +106,16 @@ class TextEncoderOffload:
                 cast_model(vae, torch.float32).to(self.device).eval().requires_grad_(False),
                 cast_model(text_encoder, self.dtype).eval().requires_grad_(False))
 
+    def _predict_in_chunks(self, call, latents, levels, conds, batch: int | None) -> torch.Tensor:
+        """Move a batch of windows to ``self.device``/``self.dtype`` and run ``call(x, t, ctx)`` on at most
+        ``batch`` samples at a time (``batch=1``: guidance as separate passes); float32 out."""
+        x = latents.to(self.device, self.dtype)
+        t = levels.timesteps.to(self.device, torch.float32)
+        ctx = torch.stack([c.to(self.device, self.dtype) for c in conds])
+        step = batch or x.shape[0]
+        outs = [call(x[i:i + step], t[i:i + step], ctx[i:i + step]) for i in range(0, x.shape[0], step)]
+        return torch.cat(outs).float()
+
     def release_text_encoder(self) -> None:
         """Move the text encoder back to the CPU once the prompts are encoded (frees its GPU memory)."""
         self.text_encoder.to("cpu")

@@ -308,16 +308,11 @@ class UNet3DModel(TextEncoderOffload):
     @torch.no_grad()
     def predict(self, latents: torch.Tensor, levels: NoiseLevels, conds: Sequence[torch.Tensor]) -> torch.Tensor:
         """Noise ε for ``latents`` ``[B, C, F, h, w]`` where frame f of element b is at ``levels[b, f]``."""
-        x = latents.to(self.device, self.dtype)
-        t = levels.timesteps.to(self.device, torch.float32)
-        ctx = torch.stack([c.to(self.device, self.dtype) for c in conds])
-        step = self.model_batch or x.shape[0]
-        outs = []
-        for i in range(0, x.shape[0], step):
-            sl = slice(i, i + step)
-            with per_frame_timesteps(self.unet, t[sl]):
-                outs.append(self.unet(x[sl], t[sl, 0], encoder_hidden_states=ctx[sl], return_dict=False)[0])
-        return torch.cat(outs).float()
+        def call(x, t, ctx):
+            with per_frame_timesteps(self.unet, t):
+                return self.unet(x, t[:, 0], encoder_hidden_states=ctx, return_dict=False)[0]
+
+        return self._predict_in_chunks(call, latents, levels, conds, self.model_batch)
 
     def decoder(self) -> UNet3DFrameDecoder:
         return UNet3DFrameDecoder(self.vae)

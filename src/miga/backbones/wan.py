@@ -180,13 +180,15 @@ class WanModel(TextEncoderOffload):
     @classmethod
     def from_folder(cls, path: str, **kwargs: Any) -> "WanModel":
         """Load transformer, VAE (float32), UMT5 text encoder and tokenizer from a local diffusers folder."""
+        if os.path.isfile(os.path.join(path, "transformer", "config.json")):
+            name = transformer_class_name(path)
+            if name not in TRANSFORMER_CLASSES:
+                raise MigaError(f"{path} holds a {name}, which miga does not support; supported: Wan2.1-T2V, "
+                                "SkyReels-V2-DF and UNet3D (ModelScope, Zeroscope) diffusers folders, or the "
+                                "built-in models shapes, gaussian, gaussian-clip")
         problem = model_folder_error(path)
         if problem:
             raise MigaError(problem)
-        name = transformer_class_name(path)
-        if name not in TRANSFORMER_CLASSES:
-            raise MigaError(f"{path}/transformer is a {name}, not a Wan2.1 or SkyReels-V2 transformer "
-                            f"({' or '.join(TRANSFORMER_CLASSES)})")
         diffusers = import_diffusers()
         from transformers import AutoTokenizer, UMT5EncoderModel
 
@@ -242,24 +244,19 @@ class WanModel(TextEncoderOffload):
     @torch.no_grad()
     def predict(self, latents: torch.Tensor, levels: NoiseLevels, conds: Sequence[torch.Tensor]) -> torch.Tensor:
         """Velocity for ``latents`` ``[B, C, F, h, w]`` where frame f of element b is at ``levels[b, f]``."""
-        x = latents.to(self.device, self.dtype)
-        t = levels.timesteps.to(self.device, torch.float32)
-        ctx = torch.stack([c.to(self.device, self.dtype) for c in conds])
-        step = self.model_batch or x.shape[0]
+        step = self.model_batch
         if self.skyreels and self.fps_input:
             step = 1  # diffusers 0.42.1 broadcasts the fps embedding correctly only for one sample
-        outs = []
-        for i in range(0, x.shape[0], step):
-            sl = slice(i, i + step)
+
+        def call(x, t, ctx):
             if self.skyreels:
-                fps = [0 if self.fps == 16 else 1] * x[sl].shape[0] if self.fps_input else None
-                out = self.transformer(hidden_states=x[sl], timestep=t[sl], encoder_hidden_states=ctx[sl],
-                                       enable_diffusion_forcing=True, fps=fps, return_dict=False)[0]
-            else:
-                out = self.transformer(hidden_states=x[sl], timestep=self.per_token_timesteps(t[sl]),
-                                       encoder_hidden_states=ctx[sl], return_dict=False)[0]
-            outs.append(out)
-        return torch.cat(outs).float()
+                fps = [0 if self.fps == 16 else 1] * x.shape[0] if self.fps_input else None
+                return self.transformer(hidden_states=x, timestep=t, encoder_hidden_states=ctx,
+                                        enable_diffusion_forcing=True, fps=fps, return_dict=False)[0]
+            return self.transformer(hidden_states=x, timestep=self.per_token_timesteps(t),
+                                    encoder_hidden_states=ctx, return_dict=False)[0]
+
+        return self._predict_in_chunks(call, latents, levels, conds, step)
 
     def decoder(self) -> WanStreamingDecoder:
         return WanStreamingDecoder(self.vae)
