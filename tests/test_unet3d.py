@@ -186,7 +186,7 @@ def _ckpt(d):
     (lambda d: shutil.rmtree(os.path.join(d, "unet")) or d, "missing unet/"),
     (lambda d: shutil.rmtree(os.path.join(d, "scheduler")) or d, "missing scheduler/"),
     (_foreign_safetensors, "single .safetensors file holding an original-layout (LDM / VideoCrafter style)"),
-    (_ckpt, "model.ckpt is a single checkpoint file (.ckpt), which miga does not load"),
+    (_ckpt, "model.ckpt holds 0 tensors but no UNet, VAE, OpenCLIP text encoder"),
     (lambda d: "ali-vilab/text-to-video-ms-1.7b", "hf download ali-vilab/text-to-video-ms-1.7b --local-dir DIR"),
 ])
 def test_unsupported_or_incomplete_models_are_refused_in_one_line(unet_dir, tmp_path, capsys, make, message):

@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "'FRAME: prompt' to say where each starts (see README)")
     g.add_argument("--model", default="shapes", help="shapes (the built-in shapes-world model, default), a "
                    ".safetensors file from 'miga train-toy', gaussian (exact Gaussian world), gaussian-clip (the same, "
-                   "denoised like a one-level foundation model), or a local diffusers folder of Wan2.1-T2V, "
+                   "denoised like a one-level foundation model), VideoCrafter2's model.ckpt (or a folder holding it and "
+                   "tokenizer/, or its diffusers conversion), or a local diffusers folder of Wan2.1-T2V, "
                    "SkyReels-V2-DF or a UNet3D text-to-video model (ModelScope, Zeroscope; see README)")
     g.add_argument("--device", help="where the model runs, e.g. cuda, cuda:1, cpu (default: cuda if available "
                    "for diffusers models, else cpu)")
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "per model window, f_0 (default: the training length, 21 for Wan2.1 = 81 frames, 16 for UNet3D)")
     g.add_argument("--model-batch", type=_number(), metavar="B", help="diffusers models: samples per transformer "
                    "call (default: all; 1 runs classifier-free guidance as two passes, for less GPU memory)")
+    g.add_argument("--ddim-rescale", action="store_true", help="VideoCrafter2: apply its training-time latent "
+                   "scaling (use_scale) in every DDIM step, as its own sampler does; off by default, as in "
+                   "FIFO-Diffusion's and MIGA's code and the paper's numbers")
     g.add_argument("--method", choices=METHODS, default="miga")
     g.add_argument("--preset", help="preset: videocrafter2, modelscope, wan2.1, skyreels-v2-df, gaussian, shapes "
                    "(default: the model's own)")
@@ -240,12 +244,12 @@ def _latent_writer(path: str, video, args):
 
 def _diffusers_options(args) -> dict:
     """``--window-latents``/``--model-batch``, which only diffusers models take."""
-    given = {k: v for k, v in (("window_latents", args.window_latents), ("model_batch", args.model_batch))
-             if v is not None}
+    given = {k: v for k, v in (("window_latents", args.window_latents), ("model_batch", args.model_batch),
+                               ("ddim_rescale", args.ddim_rescale or None)) if v is not None}
     if given and (args.model in ("shapes", "gaussian", "gaussian-clip") or args.model.endswith(".safetensors")):
         flag = "--" + next(iter(given)).replace("_", "-")
-        raise MigaError(f"{flag} applies to diffusers models (a Wan2.1, SkyReels-V2 or UNet3D folder), "
-                        f"not {args.model}")
+        raise MigaError(f"{flag} applies to diffusers models (a Wan2.1, SkyReels-V2, UNet3D or VideoCrafter2 "
+                        f"model), not {args.model}")
     return given
 
 

@@ -38,13 +38,22 @@ def load_backbone(model: str = "shapes", *, height: int | None = None, width: in
     """A backbone by name or path: ``shapes`` (the built-in shapes-world model; a path to a ``.safetensors``
     file from ``miga train-toy`` loads other weights for it), ``gaussian`` (the exact Gaussian video world),
     ``gaussian-clip`` (the same world denoised like a foundation model trained on one noise level per clip),
-    or a local diffusers-format folder of Wan2.1-T2V, SkyReels-V2-DF or a UNet3D model such as ModelScope or
-    Zeroscope (``device`` default: a GPU if there is one; ``dtype`` default: bfloat16 on a GPU); ``kwargs``
-    go to the backbone's constructor."""
+    VideoCrafter2's ``model.ckpt`` (the file, or a folder holding it and a ``tokenizer/``) or its community
+    diffusers folder, or a local diffusers-format folder of Wan2.1-T2V, SkyReels-V2-DF or a UNet3D model such
+    as ModelScope or Zeroscope (``device`` default: a GPU if there is one; ``dtype`` default: bfloat16 on a
+    GPU); ``kwargs`` go to the backbone's constructor (``ddim_rescale``: VideoCrafter2 only)."""
+    ddim_rescale = kwargs.pop("ddim_rescale", False)
     if model not in BUILTIN_MODELS and not model.endswith(".safetensors"):
         from miga.backbones.unet3d import UNet3DModel, is_unet_folder, model_file_error
+        from miga.backbones.videocrafter2 import VideoCrafter2Model, is_videocrafter2_path
         from miga.backbones.wan import WanModel
 
+        if is_videocrafter2_path(model):
+            return VideoCrafter2Model.from_path(model, height=height, width=width, device=device, dtype=dtype,
+                                                ddim_rescale=ddim_rescale, **kwargs)
+        if ddim_rescale:
+            raise MigaError("--ddim-rescale applies to VideoCrafter2 (its model.ckpt or diffusers folder), whose "
+                            f"training scaled the clean latents; {model} is another model")
         if os.path.isfile(model):
             raise MigaError(model_file_error(model))
         if is_unet_folder(model):
@@ -52,6 +61,8 @@ def load_backbone(model: str = "shapes", *, height: int | None = None, width: in
         if not os.path.exists(model) and "/" not in model and os.sep not in model:
             raise MigaError(f"unknown model {model!r}; choose one of: {', '.join(BUILTIN_MODELS)}, or a model folder")
         return WanModel.from_folder(model, height=height, width=width, device=device, dtype=dtype, **kwargs)
+    if ddim_rescale:
+        raise MigaError(f"--ddim-rescale applies to VideoCrafter2 models, not {model}")
     if dtype not in (None, "float32"):
         raise MigaError(f"--dtype {dtype} applies to diffusers models; the {model} model runs in float32")
     device = device or "cpu"

@@ -124,7 +124,8 @@ def model_file_error(path: str) -> str | None:
             return None
         keys = [k for k in header if k != "__metadata__"]
         if any(k.startswith("model.diffusion_model.") for k in keys):
-            what = "an original-layout (LDM / VideoCrafter style) diffusion checkpoint"
+            what = ("an original-layout (LDM / VideoCrafter style) diffusion checkpoint (VideoCrafter2 is loaded "
+                    "from its model.ckpt)")
         elif any(k.startswith(("down_blocks.", "conv_in.")) for k in keys):
             what = "the weights of one diffusers model on their own, without the folder around them"
         else:

@@ -460,3 +460,142 @@ def expected_keys(config: VideoCrafter2UNetConfig = VIDEOCRAFTER2_CONFIG,
     with torch.device("meta"):
         model = VideoCrafter2UNet(config)
     return [(prefix + name, tuple(t.shape)) for name, t in model.state_dict().items()]
+
+
+def config_from_state_dict(state_dict: dict) -> VideoCrafter2UNetConfig:
+    """The :class:`VideoCrafter2UNetConfig` a (prefix-free) LVDM UNet state dict was built with.
+
+    Widths, levels, blocks per level, attention levels, depths and the optional parts are read from the tensor
+    names and shapes. The head width is not stored anywhere; LVDM's ``init_attn`` always has 8 heads of
+    ``num_head_channels``, so it is read from there (64, VideoCrafter2's value, when there is no ``init_attn``).
+    """
+    def shape(key: str) -> Tuple[int, ...]:
+        if key not in state_dict:
+            raise KeyError(key)
+        return tuple(state_dict[key].shape)
+
+    mc, in_ch = shape("input_blocks.0.0.weight")[:2]
+    out_ch = shape("out.2.weight")[0]
+    blocks = sorted({int(k.split(".")[1]) for k in state_dict if k.startswith("input_blocks.")})
+    channel_mult, attention_rates, res_counts = [], set(), [0]
+    rate = 1
+    for index in blocks[1:]:
+        prefix = f"input_blocks.{index}."
+        if prefix + "0.op.weight" in state_dict:  # a Downsample closes the level
+            rate *= 2
+            res_counts.append(0)
+            continue
+        width = shape(prefix + "0.in_layers.2.weight")[0]
+        if res_counts[-1] == 0:
+            channel_mult.append(width // mc)
+        res_counts[-1] += 1
+        if prefix + "1.proj_in.weight" in state_dict:
+            attention_rates.add(rate)
+    if len(set(res_counts)) != 1:
+        raise ValueError(f"levels have different numbers of ResBlocks: {res_counts}")
+
+    def depth(prefix: str) -> int:
+        return len({k.split(".")[len(prefix.split(".")) - 1] for k in state_dict if k.startswith(prefix)})
+
+    first_attn = next((f"input_blocks.{i}." for i in blocks
+                       if f"input_blocks.{i}.1.proj_in.weight" in state_dict), None)
+    context_dim = 1024
+    spatial_depth = temporal_depth = 1
+    if first_attn is not None:
+        context_dim = shape(first_attn + "1.transformer_blocks.0.attn2.to_k.weight")[1]
+        spatial_depth = depth(first_attn + "1.transformer_blocks.")
+        temporal_depth = depth(first_attn + "2.transformer_blocks.")
+    addition_attention = "init_attn.0.proj_in.weight" in state_dict
+    head_channels = shape("init_attn.0.proj_in.weight")[0] // 8 if addition_attention else 64
+    return VideoCrafter2UNetConfig(
+        in_channels=in_ch, out_channels=out_ch, model_channels=mc, attention_resolutions=tuple(sorted(
+            attention_rates, reverse=True)), num_res_blocks=res_counts[0], channel_mult=tuple(channel_mult),
+        num_head_channels=head_channels, num_heads=-1, transformer_depth=spatial_depth,
+        temporal_transformer_depth=temporal_depth, context_dim=context_dim,
+        temporal_conv=any(".temopral_conv." in k for k in state_dict), addition_attention=addition_attention,
+        init_attn_heads=8, init_attn_head_channels=None, fps_cond="fps_embedding.0.weight" in state_dict)
+
+
+_RESNET_NAMES = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+                 "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+
+
+def _diffusers_resnet(rest: str) -> str:
+    head, _, tail = rest.partition(".")
+    return f"{_RESNET_NAMES[head]}.{tail}"
+
+
+def lvdm_state_dict_from_diffusers(state_dict: dict) -> dict:
+    """Rename a VideoCrafter2 UNet stored in diffusers' ``UNet3DConditionModel`` layout (the community
+    conversion: ``down_blocks.*.resnets/temp_convs/attentions/temp_attentions``, ``transformer_in``, plus
+    ``fps_embedding.linear_1/2``) to LVDM's names, reshaping 1x1-conv and linear projections as LVDM has them.
+
+    Raises ``KeyError`` naming the first tensor it cannot place.
+    """
+    import re
+
+    res_per_level = 1 + max(int(m.group(1)) for k in state_dict
+                            if (m := re.match(r"down_blocks\.0\.resnets\.(\d+)\.", k)))
+    levels = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("down_blocks."))
+    has_attention = {i: any(k.startswith(f"down_blocks.{i}.attentions.") for k in state_dict)
+                     for i in range(levels)}
+    up_attention = {i: any(k.startswith(f"up_blocks.{i}.attentions.") for k in state_dict) for i in range(levels)}
+    fixed = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
+             "time_embedding.linear_2": "time_embed.2", "fps_embedding.linear_1": "fps_embedding.0",
+             "fps_embedding.linear_2": "fps_embedding.2", "conv_norm_out": "out.0", "conv_out": "out.2"}
+    out = {}
+    for key, value in state_dict.items():
+        new = None
+        module, _, param = key.rpartition(".")
+        if module in fixed:
+            new = f"{fixed[module]}.{param}"
+        elif key.startswith("transformer_in."):
+            new = "init_attn.0." + key[len("transformer_in."):]
+        elif m := re.match(r"(down|up)_blocks\.(\d+)\.(resnets|temp_convs|attentions|temp_attentions|"
+                           r"downsamplers|upsamplers)\.(\d+)\.(.*)", key):
+            side, level, kind, j, rest = m.group(1), int(m.group(2)), m.group(3), int(m.group(4)), m.group(5)
+            if side == "down":
+                block = f"input_blocks.{1 + level * (res_per_level + 1) + j}"
+                attn = has_attention[level]
+            else:
+                block = f"output_blocks.{level * (res_per_level + 1) + j}"
+                attn = up_attention[level]
+            if kind == "resnets":
+                new = f"{block}.0.{_diffusers_resnet(rest)}"
+            elif kind == "temp_convs":
+                new = f"{block}.0.temopral_conv.{rest}"
+            elif kind == "attentions":
+                new = f"{block}.1.{rest}"
+            elif kind == "temp_attentions":
+                new = f"{block}.2.{rest}"
+            elif kind == "downsamplers":
+                new = f"input_blocks.{1 + level * (res_per_level + 1) + res_per_level}.0.op.{rest.split('.', 1)[1]}"
+            else:  # the upsampler ends the level's last output block
+                last = f"output_blocks.{level * (res_per_level + 1) + res_per_level}"
+                new = f"{last}.{3 if attn else 1}.conv.{rest.split('.', 1)[1]}"
+        elif m := re.match(r"mid_block\.(resnets|temp_convs|attentions|temp_attentions)\.(\d+)\.(.*)", key):
+            kind, j, rest = m.group(1), int(m.group(2)), m.group(3)
+            if kind == "resnets":
+                new = f"middle_block.{3 * j}.{_diffusers_resnet(rest)}"
+            elif kind == "temp_convs":
+                new = f"middle_block.{3 * j}.temopral_conv.{rest}"
+            else:
+                new = f"middle_block.{1 if kind == 'attentions' else 2}.{rest}"
+        if new is None:
+            raise KeyError(key)
+        out[new] = value
+    return out
+
+
+def match_projection_shapes(state_dict: dict, model: nn.Module) -> dict:
+    """Reshape 1x1-conv / linear projection weights (``[o, i, 1, 1]``, ``[o, i, 1]``, ``[o, i]``) to the shape
+    ``model`` has under the same name; other tensors are returned as they are."""
+    own = model.state_dict()
+    fixed = {}
+    for key, value in state_dict.items():
+        want = own.get(key)
+        if (want is not None and tuple(value.shape) != tuple(want.shape) and value.numel() == want.numel()
+                and key.endswith("weight") and (".proj_in." in key or ".proj_out." in key)):
+            value = value.reshape(want.shape)
+        fixed[key] = value
+    return fixed

@@ -35,6 +35,11 @@ class ScheduleConfig:
         final_alpha_one: level 0 has alpha_bar = 1 (diffusers ``set_alpha_to_one``) rather than
             alpha_bar of timestep 0 (VideoCrafter2's DDIM).
         shift: flow-matching sigma shift ``shift*s / (1 + (shift-1)*s)`` (Wan: 5.0 in the paper's setup).
+        signal_scale_end, signal_scale_steps: a model trained on ``scale(t)·x0`` instead of ``x0``, with
+            ``scale(t)`` falling linearly from 1 at t = 0 to ``signal_scale_end`` at
+            t = ``signal_scale_steps`` - 1 and constant after (VideoCrafter2's ``use_scale``: 0.7 and 400).
+            DDIM then multiplies each step by ``scale(t_prev) / scale(t)`` and ``add_noise`` scales x0 by
+            ``scale(t)``, as LVDM's sampler does. 1.0 (the default) turns it off, as in FIFO/MIGA's code.
     """
 
     kind: Literal["ddpm", "flow"] = "ddpm"
@@ -46,6 +51,8 @@ class ScheduleConfig:
     steps_offset: int = 0
     final_alpha_one: bool = False
     shift: float = 1.0
+    signal_scale_end: float = 1.0
+    signal_scale_steps: int = 400
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,7 @@ class Schedule:
         self.timesteps: list[float] = [float(t) for t in timesteps]
         self.alphas: list[float] = [float(a) for a in alphas]
         self.sigmas: list[float] = [float(s) for s in sigmas]
+        self.signal_scales: list[float] = _signal_scales(config, self.timesteps)
         self.log_snr: list[float] = [
             math.log(a) - math.log(s) if s > 0 else math.inf for a, s in zip(self.alphas, self.sigmas)
         ]
@@ -102,8 +110,19 @@ class Schedule:
         return NoiseLevels(timesteps=t, alphas=a, sigmas=s)
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, level: int) -> torch.Tensor:
-        """``Noise(x, k) = alpha_k * x + sigma_k * eps`` (method.md Sec. 3 primitives)."""
-        return self.alphas[level] * x0 + self.sigmas[level] * noise
+        """``Noise(x, k) = alpha_k * x + sigma_k * eps`` (method.md Sec. 3 primitives; x scaled by the
+        level's signal scale when the config has one)."""
+        return self.alphas[level] * self.signal_scales[level] * x0 + self.sigmas[level] * noise
+
+
+def _signal_scales(config: ScheduleConfig, timesteps: Sequence[float]) -> list[float]:
+    """``scale(t)`` of each level (LVDM ``scale_arr``: ``linspace(1, end, steps)`` then ``end``); all 1 when off."""
+    if config.signal_scale_end == 1.0:
+        return [1.0] * len(timesteps)
+    if config.kind != "ddpm" or config.signal_scale_steps < 2:
+        raise ValueError("a signal scale needs a ddpm schedule and signal_scale_steps >= 2")
+    ramp = np.linspace(1.0, config.signal_scale_end, config.signal_scale_steps)
+    return [float(ramp[int(t)]) if int(t) < len(ramp) else float(config.signal_scale_end) for t in timesteps]
 
 
 def ddpm_alphas_cumprod(config: ScheduleConfig) -> np.ndarray:
