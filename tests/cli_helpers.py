@@ -1,5 +1,7 @@
 """Helpers shared by the CLI tests."""
 
+import os
+
 from miga import cli
 
 
@@ -11,6 +13,14 @@ def run(capsys, *argv):
         code = exc.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def assert_generate_refused(capsys, model, message, out, *argv):
+    """``miga generate`` on ``model`` exits 2 with one line containing ``message`` and writes no ``out``."""
+    code, _, err = run(capsys, "generate", "a cat", "--model", model, "--frames", 5, "--out", out, *argv)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not os.path.exists(out)
 
 
 def interrupt_frames_after(monkeypatch, count: int) -> None:

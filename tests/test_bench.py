@@ -55,6 +55,7 @@ def test_table_ratios_are_to_fifo_at_the_same_length():
     (["--frames", "100,x"], "--frames: 'x' is not an integer"),
     (["--frames", "0"], "--frames: lengths must be >= 1"),
     (["--models", "wan-1.3b-random"], "wan-1.3b-random needs a GPU"),
+    (["--models", "shapes,videocrafter2-random"], "videocrafter2-random needs a GPU"),
 ])
 def test_bad_bench_options_get_one_line(capsys, argv, message):
     code, _, err = run(capsys, "bench", *argv)

@@ -10,8 +10,10 @@ Each cell (model, method, length) runs in a fresh subprocess, so its peak memory
 - time to the first written frame, from the start of generation.
 
 ``native`` is plain sampling of one f_0-latent clip (Eq. 1), the reference for seconds per latent.
-``wan-1.3b-random`` is Wan2.1-T2V-1.3B's transformer and VAE at full size with random weights (a GPU
-benchmark: no real weights are needed for speed and memory).
+``wan-1.3b-random`` is Wan2.1-T2V-1.3B's transformer and VAE at full size with random weights, and
+``videocrafter2-random`` VideoCrafter2's UNet (``base_512_v2``, 1.41 B parameters) and SD VAE at full size
+with random weights, 320x512 (GPU benchmarks: no real weights are needed for speed and memory; paper
+Tables A3/A4 report VideoCrafter2's).
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ from typing import Sequence
 from miga.errors import MigaError
 
 METHODS = ("native", "fifo", "miga-no-dce", "miga")
-MODELS = ("gaussian", "shapes", "wan-1.3b-random")
+MODELS = ("gaussian", "shapes", "wan-1.3b-random", "videocrafter2-random")
+GPU_MODELS = ("wan-1.3b-random", "videocrafter2-random")
 METHOD_NAMES = {"native": "native clip", "fifo": "FIFO", "miga-no-dce": "MIGA w/o DCE", "miga": "MIGA"}
 PROMPTS = {"shapes": "a red circle bouncing on a blue background", "gaussian": "drifting clouds",
-           "wan-1.3b-random": "a corgi running along a beach at sunset"}
+           "wan-1.3b-random": "a corgi running along a beach at sunset",
+           "videocrafter2-random": "a corgi running along a beach at sunset"}
 
 
 def method_config(backbone, method: str):
@@ -56,6 +60,12 @@ def load_bench_model(model: str, device: str | None, dtype: str | None, height: 
 
         return WanModel.from_components(random_wan_components("1.3b"), device=device, dtype=dtype,
                                         height=height, width=width)
+    if model == "videocrafter2-random":
+        from miga.backbones.videocrafter2 import VideoCrafter2Model
+        from miga.backbones.videocrafter2_random import random_videocrafter2_components
+
+        return VideoCrafter2Model.from_components(random_videocrafter2_components(size="full"), device=device,
+                                                  dtype=dtype, height=height, width=width)
     return load_backbone(model, device=device, height=height, width=width)
 
 
@@ -217,15 +227,18 @@ def length_summary(results: Sequence[dict]) -> str:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--models", default="gaussian,shapes", metavar="LIST",
-                        help=f"comma-separated: {', '.join(MODELS)} (default gaussian,shapes; the last needs a GPU)")
+                        help=f"comma-separated: {', '.join(MODELS)} (default gaussian,shapes; the last two need a GPU)")
     parser.add_argument("--methods", default="fifo,miga-no-dce,miga", metavar="LIST",
                         help=f"comma-separated: {', '.join(METHODS)} (default fifo,miga-no-dce,miga)")
     parser.add_argument("--frames", default="200,1000,2000", metavar="LIST",
                         help="comma-separated output lengths (default 200,1000,2000)")
-    parser.add_argument("--device", help="cuda or cpu (default: cuda for wan-1.3b-random, else cpu)")
-    parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), help="wan-1.3b-random precision")
-    parser.add_argument("--height", type=int, help="frame height (wan-1.3b-random default 480)")
-    parser.add_argument("--width", type=int, help="frame width (wan-1.3b-random default 832)")
+    parser.add_argument("--device", help="cuda or cpu (default: cuda for the random full-size models, else cpu)")
+    parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), help="precision of the random "
+                        "full-size models (default bfloat16 on a GPU)")
+    parser.add_argument("--height", type=int, help="frame height (wan-1.3b-random default 480, "
+                        "videocrafter2-random 320)")
+    parser.add_argument("--width", type=int, help="frame width (wan-1.3b-random default 832, "
+                        "videocrafter2-random 512)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per cell (default 1)")
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -262,11 +275,12 @@ def bench(args) -> int:
         raise MigaError(f"--threads must be >= 1, got {args.threads}")
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
         raise MigaError(f"cannot write {args.json}: its directory does not exist")
-    if "wan-1.3b-random" in models and (args.device or "cuda").startswith("cuda"):
+    gpu_models = [m for m in models if m in GPU_MODELS]
+    if gpu_models and (args.device or "cuda").startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
-            raise MigaError("wan-1.3b-random needs a GPU (no CUDA device found); pass --device cpu to force it")
+            raise MigaError(f"{gpu_models[0]} needs a GPU (no CUDA device found); pass --device cpu to force it")
     common = {k: v for k, v in (("device", args.device), ("dtype", args.dtype), ("height", args.height),
                                 ("width", args.width), ("threads", args.threads)) if v is not None}
     cells = plan_cells(models, methods, frames, **common)

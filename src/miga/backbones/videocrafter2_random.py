@@ -18,7 +18,7 @@ import re
 import torch
 
 from miga.backbones.unet3d_random import offline_clip_tokenizer
-from miga.backbones.videocrafter2 import TEXT_PREFIX, VAE_PREFIX
+from miga.backbones.videocrafter2 import SD_VAE, TEXT_PREFIX, VAE_PREFIX
 from miga.backbones.videocrafter2_unet import (CHECKPOINT_PREFIX, VideoCrafter2UNet, VideoCrafter2UNetConfig,
                                                config_from_state_dict, lvdm_state_dict_from_diffusers,
                                                match_projection_shapes)
@@ -53,23 +53,30 @@ def _randomise(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module
 
 
-def _tiny_text_encoder(vocab: int, seed: int):
+def _tiny_text_encoder(vocab: int, seed: int, width: int = 32):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
-    config = CLIPTextConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                            num_attention_heads=1, max_position_embeddings=77, hidden_act="gelu",
-                            projection_dim=32, bos_token_id=0, eos_token_id=1, pad_token_id=0)
+    config = CLIPTextConfig(vocab_size=vocab, hidden_size=width, intermediate_size=2 * width,
+                            num_hidden_layers=2 if width == 32 else 1, num_attention_heads=max(1, width // 64),
+                            max_position_embeddings=77, hidden_act="gelu", projection_dim=width, bos_token_id=0,
+                            eos_token_id=1, pad_token_id=0)
     return CLIPTextModel(config).eval()
 
 
-def random_videocrafter2_components(seed: int = 0) -> dict:
+def random_videocrafter2_components(seed: int = 0, size: str = "tiny") -> dict:
     """``{"unet", "vae", "text_encoder", "tokenizer"}``: miga's VideoCrafter2 UNet and the diffusers/transformers
-    VAE and text encoder, random and tiny."""
+    VAE and text encoder, random. ``size="full"``: the UNet and the SD VAE at VideoCrafter2's size (speed and
+    memory benchmarks) with a one-layer 1024-wide text encoder."""
     from diffusers import AutoencoderKL
 
+    if size not in ("tiny", "full"):
+        raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")
     tokenizer = offline_clip_tokenizer()
     torch.manual_seed(seed)
+    if size == "full":
+        return {"unet": _randomise(VideoCrafter2UNet(), seed).eval(), "vae": AutoencoderKL(**SD_VAE).eval(),
+                "text_encoder": _tiny_text_encoder(len(tokenizer), seed, width=1024), "tokenizer": tokenizer}
     return {"unet": _randomise(VideoCrafter2UNet(TINY_UNET), seed).eval(), "vae": AutoencoderKL(**TINY_VAE).eval(),
             "text_encoder": _tiny_text_encoder(len(tokenizer), seed), "tokenizer": tokenizer}
 
