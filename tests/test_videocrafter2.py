@@ -90,6 +90,39 @@ def test_prompts_are_padded_with_zeros_to_77_tokens_like_open_clip(official):
     assert official.encode_prompt("a red fox").shape == (77, 32)
 
 
+def _open_clip_penultimate(state, ids):
+    """OpenCLIP's text forward written from its description, on the LDM-layout tensors: token + position
+    embedding, pre-norm causal blocks (fused in_proj, 64-wide heads, GELU MLP) except the last, ``ln_final``."""
+    p = "cond_stage_model.model."
+    t = lambda name: state[p + name].float()  # noqa: E731
+    x = t("token_embedding.weight")[ids] + t("positional_embedding")[: ids.shape[1]]
+    width = x.shape[-1]
+    heads = max(1, width // 64)
+    blocks = len({k.split(".")[4] for k in state if k.startswith(p + "transformer.resblocks.")})
+    mask = torch.full((ids.shape[1], ids.shape[1]), float("-inf")).triu(1)
+    for i in range(blocks - 1):
+        b = f"transformer.resblocks.{i}."
+        h = torch.nn.functional.layer_norm(x, (width,), t(b + "ln_1.weight"), t(b + "ln_1.bias"))
+        q, k, v = (h @ t(b + "attn.in_proj_weight").T + t(b + "attn.in_proj_bias")).chunk(3, dim=-1)
+        split = lambda z: z.reshape(*z.shape[:2], heads, -1).transpose(1, 2)  # noqa: E731
+        att = torch.softmax(split(q) @ split(k).transpose(-1, -2) / (width // heads) ** 0.5 + mask, dim=-1)
+        out = (att @ split(v)).transpose(1, 2).reshape(x.shape)
+        x = x + out @ t(b + "attn.out_proj.weight").T + t(b + "attn.out_proj.bias")
+        h = torch.nn.functional.layer_norm(x, (width,), t(b + "ln_2.weight"), t(b + "ln_2.bias"))
+        h = torch.nn.functional.gelu(h @ t(b + "mlp.c_fc.weight").T + t(b + "mlp.c_fc.bias"))
+        x = x + h @ t(b + "mlp.c_proj.weight").T + t(b + "mlp.c_proj.bias")
+    return torch.nn.functional.layer_norm(x, (width,), t("ln_final.weight"), t("ln_final.bias"))
+
+
+def test_text_encoder_is_open_clips_penultimate_layer(official_dir, official):
+    state = torch.load(os.path.join(official_dir, "model.ckpt"), weights_only=True)["state_dict"]
+    ids = official.token_ids("a red fox jumps")
+    with torch.no_grad():
+        want = _open_clip_penultimate(state, ids)[0]
+        got = official.encode_prompt("a red fox jumps")
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+
+
 @pytest.mark.parametrize("fps", [8.0, 24.0])
 def test_community_folder_equals_diffusers_unet3d_with_its_fps_embedding(community, fps):
     folder, diffusers_unet = community
