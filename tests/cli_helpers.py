@@ -15,6 +15,18 @@ def run(capsys, *argv):
     return code, out, err
 
 
+def generate_video(capsys, model, method, out, frames, size, *extra):
+    """``miga generate`` on ``model`` (CPU, ``size`` x ``size``, no progress bar); asserts it succeeds and
+    returns (frames ``[N, H, W, 3]``, fps, stderr)."""
+    from miga.video import read_video
+
+    code, _, err = run(capsys, "generate", "a cat walking on the beach", "--model", model, "--method", method,
+                       "--frames", frames, "--height", size, "--width", size, "--device", "cpu", "--out", out,
+                       "--no-progress", *extra)
+    assert code == 0, err
+    return (*read_video(out), err)
+
+
 def assert_generate_refused(capsys, model, message, out, *argv):
     """``miga generate`` on ``model`` exits 2 with one line containing ``message`` and writes no ``out``."""
     code, _, err = run(capsys, "generate", "a cat", "--model", model, "--frames", 5, "--out", out, *argv)

@@ -11,14 +11,13 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from cli_helpers import assert_generate_refused, run  # noqa: E402
+from cli_helpers import assert_generate_refused, generate_video  # noqa: E402
 from miga.backbones.unet3d import UNet3DModel, per_frame_timesteps  # noqa: E402
 from miga.backbones.unet3d_random import random_unet3d_components, save_unet3d_folder  # noqa: E402
 from miga.config import preset  # noqa: E402
 from miga.engine.schedules import Schedule  # noqa: E402
 from miga.errors import MigaError  # noqa: E402
 from miga.pipeline import load_backbone  # noqa: E402
-from miga.video import read_video  # noqa: E402
 
 SIZE = dict(height=64, width=64)
 
@@ -146,12 +145,7 @@ def test_the_modelscope_preset_is_videocrafter2s_with_cfg_9():
               "--stage2-steps", 3]),
 ])
 def test_generate_from_a_model_folder_writes_a_playable_video(unet_dir, tmp_path, capsys, method, extra):
-    out = tmp_path / f"{method}.mp4"
-    code, _, err = run(capsys, "generate", "a cat walking on the beach", "--model", unet_dir, "--method", method,
-                       "--frames", 10, "--height", 64, "--width", 64, "--device", "cpu", "--out", out,
-                       "--no-progress", *extra)
-    assert code == 0, err
-    frames, fps = read_video(out)
+    frames, fps, _ = generate_video(capsys, unet_dir, method, tmp_path / f"{method}.mp4", 10, 64, *extra)
     assert frames.shape == (10, 64, 64, 3) and fps == 8
 
 

@@ -11,7 +11,7 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from cli_helpers import run  # noqa: E402
+from cli_helpers import generate_video, run  # noqa: E402
 from miga.backbones.diffusers_common import cast_model, check_size  # noqa: E402
 from miga.backbones.wan import WanModel  # noqa: E402
 from miga.backbones.wan_random import random_wan_components, save_wan_folder  # noqa: E402
@@ -19,7 +19,6 @@ from miga.config import preset  # noqa: E402
 from miga.engine.schedules import Schedule  # noqa: E402
 from miga.errors import MigaError  # noqa: E402
 from miga.pipeline import LongVideo, frames_for_latents, latents_for_frames, load_backbone  # noqa: E402
-from miga.video import read_video  # noqa: E402
 
 SIZE = dict(height=32, width=32)
 
@@ -151,13 +150,8 @@ def test_fifo_with_an_odd_window_writes_every_latent_once(wan):
 
 @pytest.mark.parametrize("method, extra", [("fifo", ["--window-latents", 5, "--steps", 10]), ("miga", [])])
 def test_generate_from_a_model_folder_writes_a_playable_video(wan_dir, tmp_path, capsys, method, extra):
-    out = tmp_path / f"{method}.mp4"
-    code, _, err = run(capsys, "generate", "a cat walking on the beach", "--model", wan_dir, "--method", method,
-                       "--frames", 18, "--height", 32, "--width", 32, "--device", "cpu", "--out", out,
-                       "--no-progress", *extra)
-    assert code == 0, err
+    frames, fps, err = generate_video(capsys, wan_dir, method, tmp_path / f"{method}.mp4", 18, 32, *extra)
     assert "4k+1 frames: 18 frames need 6 latents (21 frames)" in err
-    frames, fps = read_video(out)
     assert frames.shape == (18, 32, 32, 3) and fps == 16
 
 

@@ -3,3 +3,10 @@
 
 class MigaError(ValueError):
     """Bad input or configuration; the message names the problem and how to fix it."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty), for one-line
+    errors that wrap a library's failure."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -43,17 +43,20 @@ def load_backbone(model: str = "shapes", *, height: int | None = None, width: in
     as ModelScope or Zeroscope (``device`` default: a GPU if there is one; ``dtype`` default: bfloat16 on a
     GPU); ``kwargs`` go to the backbone's constructor (``ddim_rescale``: VideoCrafter2 only)."""
     ddim_rescale = kwargs.pop("ddim_rescale", False)
-    if model not in BUILTIN_MODELS and not model.endswith(".safetensors"):
-        from miga.backbones.unet3d import UNet3DModel, is_unet_folder, model_file_error
+    external = model not in BUILTIN_MODELS and not model.endswith(".safetensors")
+    if external:
         from miga.backbones.videocrafter2 import VideoCrafter2Model, is_videocrafter2_path
-        from miga.backbones.wan import WanModel
 
         if is_videocrafter2_path(model):
             return VideoCrafter2Model.from_path(model, height=height, width=width, device=device, dtype=dtype,
                                                 ddim_rescale=ddim_rescale, **kwargs)
-        if ddim_rescale:
-            raise MigaError("--ddim-rescale applies to VideoCrafter2 (its model.ckpt or diffusers folder), whose "
-                            f"training scaled the clean latents; {model} is another model")
+    if ddim_rescale:
+        raise MigaError("--ddim-rescale applies to VideoCrafter2 (its model.ckpt or diffusers folder), whose "
+                        f"training scaled the clean latents; {model} is another model")
+    if external:
+        from miga.backbones.unet3d import UNet3DModel, is_unet_folder, model_file_error
+        from miga.backbones.wan import WanModel
+
         if os.path.isfile(model):
             raise MigaError(model_file_error(model))
         if is_unet_folder(model):
@@ -61,8 +64,6 @@ def load_backbone(model: str = "shapes", *, height: int | None = None, width: in
         if not os.path.exists(model) and "/" not in model and os.sep not in model:
             raise MigaError(f"unknown model {model!r}; choose one of: {', '.join(BUILTIN_MODELS)}, or a model folder")
         return WanModel.from_folder(model, height=height, width=width, device=device, dtype=dtype, **kwargs)
-    if ddim_rescale:
-        raise MigaError(f"--ddim-rescale applies to VideoCrafter2 models, not {model}")
     if dtype not in (None, "float32"):
         raise MigaError(f"--dtype {dtype} applies to diffusers models; the {model} model runs in float32")
     device = device or "cpu"

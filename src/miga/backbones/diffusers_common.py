@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Callable, TypeVar
+import struct
+from typing import Callable, Iterable, TypeVar
 
 import torch
 
-from miga.errors import MigaError
+from miga.errors import MigaError, first_line
 
 T = TypeVar("T")
 
@@ -29,6 +30,24 @@ def read_json(path: str) -> dict:
             return json.load(f)
     except (OSError, ValueError) as e:
         raise MigaError(f"cannot read {path}: {e}"[:300]) from None
+
+
+def has_tokenizer_files(names: Iterable[str]) -> bool:
+    """A folder listing with a CLIP/BPE tokenizer: ``tokenizer.json``, or ``vocab.json`` and ``merges.txt``."""
+    names = set(names)
+    return "tokenizer.json" in names or {"vocab.json", "merges.txt"} <= names
+
+
+def safetensors_header(path: str) -> dict | None:
+    """The JSON header of a ``.safetensors`` file (tensor names and metadata), or None if it is not one."""
+    try:
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            if not 2 <= size <= 100_000_000:
+                return None
+            return json.loads(f.read(size))
+    except (OSError, ValueError, struct.error):
+        return None
 
 
 def hub_id_message(path: str) -> str:
@@ -54,8 +73,7 @@ def load_part(path: str, part: str, fn: Callable[[], T]) -> T:
     try:
         return fn()
     except Exception as e:  # noqa: BLE001 - any failure becomes one line naming the part
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MigaError(f"cannot load {part} from {path}/{part}: {first}"[:400]) from None
+        raise MigaError(f"cannot load {part} from {path}/{part}: {first_line(e)}"[:400]) from None
 
 
 def check_size(height: int, width: int, multiple: int = 16) -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import struct
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -31,8 +30,9 @@ import torch
 
 from miga.backbones.base import NoiseLevels
 from miga.backbones.diffusers_common import (HUB_ID, WEIGHT_SUFFIXES, TextEncoderOffload, check_size,
-                                             default_device, hub_id_message, import_diffusers, load_part,
-                                             parse_dtype, read_json)
+                                             default_device, has_tokenizer_files, hub_id_message,
+                                             import_diffusers, load_part, parse_dtype, read_json,
+                                             safetensors_header)
 from miga.engine.schedules import ScheduleConfig
 from miga.errors import MigaError
 
@@ -74,7 +74,7 @@ def unet_folder_error(path: str) -> str | None:
         sub = os.path.join(path, part)
         names = os.listdir(sub) if os.path.isdir(sub) else []
         if part == "tokenizer":
-            ok = "tokenizer.json" in names or {"vocab.json", "merges.txt"} <= set(names)
+            ok = has_tokenizer_files(names)
         elif part == "scheduler":
             ok = "scheduler_config.json" in names
         else:
@@ -94,20 +94,6 @@ def unet_folder_error(path: str) -> str | None:
     return None
 
 
-def _safetensors_header(path: str) -> dict | None:
-    """The JSON header of a ``.safetensors`` file (tensor names and metadata), or None if it is not one."""
-    import json
-
-    try:
-        with open(path, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            if not 2 <= size <= 100_000_000:
-                return None
-            return json.loads(f.read(size))
-    except (OSError, ValueError, struct.error):
-        return None
-
-
 def model_file_error(path: str) -> str | None:
     """Why a single model file is not something miga loads (naming what it holds), or None for a miga
     shapes weights file (and for a path that is not a file, which other checks report)."""
@@ -116,7 +102,7 @@ def model_file_error(path: str) -> str | None:
     fix = (f"miga loads diffusers-format model folders (unet/, vae/, text_encoder/, tokenizer/, scheduler/), "
            f"e.g. '{DOWNLOAD_HINT}'")
     if path.endswith(".safetensors"):
-        header = _safetensors_header(path)
+        header = safetensors_header(path)
         if header is None:
             return f"{path} is not a readable .safetensors file; {fix}"
         meta = header.get("__metadata__") or {}

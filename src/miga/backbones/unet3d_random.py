@@ -35,6 +35,19 @@ def offline_clip_tokenizer(max_length: int = 77):
     return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[], model_max_length=max_length)
 
 
+def save_tokenizer(tokenizer, folder: str) -> str:
+    """Save a CLIP tokenizer as the real folders ship it: ``vocab.json`` + ``merges.txt`` (and the config),
+    no ``tokenizer.json``."""
+    tokenizer.save_pretrained(folder)
+    with open(os.path.join(folder, "vocab.json"), "w") as f:
+        json.dump(tokenizer.get_vocab(), f)
+    with open(os.path.join(folder, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n")
+    if os.path.exists(os.path.join(folder, "tokenizer.json")):
+        os.remove(os.path.join(folder, "tokenizer.json"))
+    return folder
+
+
 def random_unet3d_components(seed: int = 0) -> dict:
     """``{"unet", "vae", "text_encoder", "tokenizer"}`` with random weights and tiny sizes."""
     from diffusers import AutoencoderKL, UNet3DConditionModel
@@ -62,12 +75,7 @@ def save_unet3d_folder(components: dict, folder: str) -> str:
         "unet": ["diffusers", type(components["unet"]).__name__],
         "vae": ["diffusers", "AutoencoderKL"],
     }
-    save_diffusers_folder({k: components[k] for k in ("unet", "vae", "text_encoder", "tokenizer")}, folder,
+    save_diffusers_folder({k: components[k] for k in ("unet", "vae", "text_encoder")}, folder,
                           {"_class_name": "DDIMScheduler", **MODELSCOPE_SCHEDULER}, index)
-    tok_dir = os.path.join(folder, "tokenizer")
-    with open(os.path.join(tok_dir, "vocab.json"), "w") as f:
-        json.dump(components["tokenizer"].get_vocab(), f)
-    with open(os.path.join(tok_dir, "merges.txt"), "w") as f:
-        f.write("#version: 0.2\n")
-    os.remove(os.path.join(tok_dir, "tokenizer.json"))
+    save_tokenizer(components["tokenizer"], os.path.join(folder, "tokenizer"))
     return folder

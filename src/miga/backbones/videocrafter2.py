@@ -36,15 +36,15 @@ from typing import Any, Sequence
 import torch
 
 from miga.backbones.base import NoiseLevels
-from miga.backbones.diffusers_common import (HUB_ID, TextEncoderOffload, check_size,
-                                             default_device, hub_id_message, import_diffusers, load_part,
-                                             parse_dtype, read_json)
+from miga.backbones.diffusers_common import (HUB_ID, TextEncoderOffload, check_size, default_device,
+                                             has_tokenizer_files, hub_id_message, import_diffusers, load_part,
+                                             parse_dtype, read_json, safetensors_header)
 from miga.backbones.unet3d import UNet3DFrameDecoder
 from miga.backbones.videocrafter2_unet import (CHECKPOINT_PREFIX, VideoCrafter2UNet, config_from_state_dict,
                                                lvdm_state_dict_from_diffusers, match_projection_shapes,
                                                strip_checkpoint_prefix)
 from miga.engine.schedules import ScheduleConfig
-from miga.errors import MigaError
+from miga.errors import MigaError, first_line
 
 CHECKPOINT_HINT = "hf download VideoCrafter/VideoCrafter2 model.ckpt --local-dir DIR"
 TOKENIZER_HINT = ("hf download laion/CLIP-ViT-H-14-laion2B-s32B-b79K vocab.json merges.txt "
@@ -94,15 +94,12 @@ def read_checkpoint(path: str) -> dict:
             if "mmap" not in str(e) and "zip" not in str(e):
                 raise
             obj = load(False)
-    except pickle.UnpicklingError as e:
-        if "unsupported global" not in str(e).lower():  # not a refused object: a damaged or foreign file
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise MigaError(f"cannot read {path} as a PyTorch checkpoint: {first}"[:400]) from None
-        raise MigaError(f"{path} holds Python objects besides tensors, which torch will not unpickle safely; "
-                        f"if you trust the file, run again with {TRUST_ENV}=1") from None
     except Exception as e:  # noqa: BLE001 - any failure becomes one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MigaError(f"cannot read {path} as a PyTorch checkpoint: {first}"[:400]) from None
+        # weights_only refuses pickled objects as "Unsupported global"; anything else is a damaged/foreign file
+        if isinstance(e, pickle.UnpicklingError) and "unsupported global" in str(e).lower():
+            raise MigaError(f"{path} holds Python objects besides tensors, which torch will not unpickle "
+                            f"safely; if you trust the file, run again with {TRUST_ENV}=1") from None
+        raise MigaError(f"cannot read {path} as a PyTorch checkpoint: {first_line(e)}"[:400]) from None
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise MigaError(f"{path} is not a checkpoint state dict; VideoCrafter2's is '{CHECKPOINT_HINT}'")
@@ -164,8 +161,7 @@ def _unet_from_lvdm(state: dict) -> VideoCrafter2UNet:
 def _tokenizer_from(folder: str, where: str):
     from transformers import CLIPTokenizer
 
-    names = set(os.listdir(folder)) if os.path.isdir(folder) else set()
-    if not ({"vocab.json", "merges.txt"} <= names or "tokenizer.json" in names):
+    if not has_tokenizer_files(os.listdir(folder) if os.path.isdir(folder) else ()):
         raise MigaError(f"{where} has no CLIP tokenizer in {folder} (vocab.json and merges.txt); VideoCrafter2 "
                         f"uses OpenCLIP ViT-H's, e.g. '{TOKENIZER_HINT}'")
     return load_part(os.path.dirname(folder) or ".", "tokenizer",
@@ -188,8 +184,7 @@ def load_official(path: str) -> dict:
     try:
         unet = _unet_from_lvdm(strip_checkpoint_prefix(state))
     except (KeyError, RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0]
-        raise MigaError(f"{file}: the UNet does not have VideoCrafter2's layout ({first})"[:400]) from None
+        raise MigaError(f"{file}: the UNet does not have VideoCrafter2's layout ({first_line(e)})"[:400]) from None
 
     def vae():
         config = vae_config_from_state_dict(state)
@@ -209,9 +204,8 @@ def load_official(path: str) -> dict:
         model.load_state_dict(converted, strict=True)
         return model
 
-    parts = {"unet": unet, "vae": load_part(file, "first_stage_model", vae),
-             "text_encoder": load_part(file, "cond_stage_model", text_encoder), "tokenizer": tokenizer}
-    return parts
+    return {"unet": unet, "vae": load_part(file, "first_stage_model", vae),
+            "text_encoder": load_part(file, "cond_stage_model", text_encoder), "tokenizer": tokenizer}
 
 
 # ---------------------------------------------------------------- the community diffusers folder
@@ -237,11 +231,9 @@ def is_community_folder(path: str) -> bool:
     config = read_json(config_path)
     if config.get("_class_name") in COMMUNITY_CLASSES or config.get("fps_cond"):
         return True
-    from miga.backbones.unet3d import _safetensors_header
-
     folder = os.path.dirname(config_path)
     return any(name.endswith(".safetensors") and "fps_embedding.linear_1.weight" in
-               (_safetensors_header(os.path.join(folder, name)) or {}) for name in os.listdir(folder))
+               (safetensors_header(os.path.join(folder, name)) or {}) for name in os.listdir(folder))
 
 
 def load_community(path: str) -> dict:

@@ -17,11 +17,10 @@ import re
 
 import torch
 
-from miga.backbones.unet3d_random import offline_clip_tokenizer
+from miga.backbones.unet3d_random import offline_clip_tokenizer, save_tokenizer
 from miga.backbones.videocrafter2 import SD_VAE, TEXT_PREFIX, VAE_PREFIX
-from miga.backbones.videocrafter2_unet import (CHECKPOINT_PREFIX, VideoCrafter2UNet, VideoCrafter2UNetConfig,
-                                               config_from_state_dict, lvdm_state_dict_from_diffusers,
-                                               match_projection_shapes)
+from miga.backbones.videocrafter2_unet import (CHECKPOINT_PREFIX, TemporalConvBlock, TemporalTransformer,
+                                               VideoCrafter2UNet, VideoCrafter2UNetConfig)
 
 TINY_UNET = VideoCrafter2UNetConfig(model_channels=32, channel_mult=(1, 2), attention_resolutions=(2, 1),
                                     num_res_blocks=1, num_head_channels=8, context_dim=32)
@@ -53,6 +52,21 @@ def _randomise(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module
 
 
+def damp_temporal_outputs(unet: VideoCrafter2UNet, factor: float = 0.1) -> VideoCrafter2UNet:
+    """Scale the output weights of every temporal transformer (``proj_out``) and temporal conv (``conv4``).
+
+    Trained temporal layers start from LVDM's zero init there and stay small; random ones mix frames so much
+    that a change to one frame's noise level no longer shows most in that frame.
+    """
+    with torch.no_grad():
+        for module in unet.modules():
+            if isinstance(module, TemporalTransformer):
+                module.proj_out.weight.mul_(factor)
+            elif isinstance(module, TemporalConvBlock):
+                module.conv4[-1].weight.mul_(factor)
+    return unet
+
+
 def _tiny_text_encoder(vocab: int, seed: int, width: int = 32):
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -77,7 +91,8 @@ def random_videocrafter2_components(seed: int = 0, size: str = "tiny") -> dict:
     if size == "full":
         return {"unet": _randomise(VideoCrafter2UNet(), seed).eval(), "vae": AutoencoderKL(**SD_VAE).eval(),
                 "text_encoder": _tiny_text_encoder(len(tokenizer), seed, width=1024), "tokenizer": tokenizer}
-    return {"unet": _randomise(VideoCrafter2UNet(TINY_UNET), seed).eval(), "vae": AutoencoderKL(**TINY_VAE).eval(),
+    unet = damp_temporal_outputs(_randomise(VideoCrafter2UNet(TINY_UNET), seed))
+    return {"unet": unet.eval(), "vae": AutoencoderKL(**TINY_VAE).eval(),
             "text_encoder": _tiny_text_encoder(len(tokenizer), seed), "tokenizer": tokenizer}
 
 
@@ -133,16 +148,6 @@ def open_clip_state_dict(text_encoder, seed: int = 0) -> dict:
     return {k: v.clone() for k, v in out.items()}
 
 
-def save_tokenizer(tokenizer, folder: str) -> str:
-    """The tokenizer as ``vocab.json`` + ``merges.txt`` (how CLIP tokenizers ship)."""
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "vocab.json"), "w") as f:
-        json.dump(tokenizer.get_vocab(), f)
-    with open(os.path.join(folder, "merges.txt"), "w") as f:
-        f.write("#version: 0.2\n")
-    return folder
-
-
 def save_official_checkpoint(components: dict, folder: str) -> str:
     """Write ``folder/model.ckpt`` (a Lightning-style ``{"state_dict": ...}``) and ``folder/tokenizer/``;
     returns the ``.ckpt`` path."""
@@ -159,7 +164,7 @@ def save_official_checkpoint(components: dict, folder: str) -> str:
 # ---------------------------------------------------------------- the community (diffusers) layout
 def random_diffusers_unet(seed: int = 0):
     """A diffusers ``UNet3DConditionModel`` with ``fps_proj``/``fps_embedding`` attached (the community
-    class), random; and the same network as miga's :class:`VideoCrafter2UNet`."""
+    class), random."""
     from diffusers import UNet3DConditionModel
     from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 
@@ -168,11 +173,7 @@ def random_diffusers_unet(seed: int = 0):
     width = TINY_DIFFUSERS_UNET["block_out_channels"][0]
     unet.fps_proj = Timesteps(width, True, 0)
     unet.fps_embedding = TimestepEmbedding(width, 4 * width)
-    _randomise(unet, seed).eval()
-    lvdm = lvdm_state_dict_from_diffusers(unet.state_dict())
-    ours = VideoCrafter2UNet(config_from_state_dict(lvdm)).eval()
-    ours.load_state_dict(match_projection_shapes(lvdm, ours), strict=True)
-    return unet, ours
+    return _randomise(unet, seed).eval()
 
 
 def save_community_folder(diffusers_unet, components: dict, folder: str) -> str:

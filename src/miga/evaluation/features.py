@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from miga.errors import MigaError
+from miga.errors import MigaError, first_line
 
 SIDE = 224
 """Input side of both models: the shorter frame side is resized to this."""
@@ -188,8 +188,7 @@ def _load(cls, folder: str, flag: str, **kwargs):
     try:
         return cls.from_pretrained(folder, local_files_only=True, **kwargs).eval()
     except (OSError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MigaError(f"{flag} {folder}: cannot load the model ({first})") from None
+        raise MigaError(f"{flag} {folder}: cannot load the model ({first_line(exc)})") from None
     finally:
         if bars:
             logging.enable_progress_bar()
