@@ -172,7 +172,8 @@ class WanModel(TextEncoderOffload):
             raise MigaError(f"--window-latents must be >= 2, got {self.native_frames}")
         self.model_batch = model_batch
         self.max_sequence_length = int(max_sequence_length)
-        self.default_schedule = ScheduleConfig(kind="flow", shift=float(flow_shift))
+        # whole timesteps, as WanPipeline, the DF pipeline and Wan's/SkyReels' own FlowUniPC feed them (int64)
+        self.default_schedule = ScheduleConfig(kind="flow", shift=float(flow_shift), integer_timesteps=True)
         self.fps_input = bool(getattr(transformer.config, "inject_sample_info", False))
         self.transformer, self.vae, self.text_encoder = self._place(transformer, vae, text_encoder)
         self.tokenizer = tokenizer

@@ -40,6 +40,9 @@ class ScheduleConfig:
             t = ``signal_scale_steps`` - 1 and constant after (VideoCrafter2's ``use_scale``: 0.7 and 400).
             DDIM then multiplies each step by ``scale(t_prev) / scale(t)`` and ``add_noise`` scales x0 by
             ``scale(t)``, as LVDM's sampler does. 1.0 (the default) turns it off, as in FIFO/MIGA's code.
+        integer_timesteps: (``flow`` only) feed the model the whole timestep ``int(σ·N)`` rather than
+            ``σ·N``, as diffusers' and Wan's own UniPC/flow schedulers do (their ``timesteps`` are int64,
+            truncated); the solver still uses the exact σ. ``ddpm`` timesteps are grid integers anyway.
     """
 
     kind: Literal["ddpm", "flow"] = "ddpm"
@@ -53,13 +56,15 @@ class ScheduleConfig:
     shift: float = 1.0
     signal_scale_end: float = 1.0
     signal_scale_steps: int = 400
+    integer_timesteps: bool = False
 
 
 @dataclass(frozen=True)
 class NoiseLevels:
     """Per-frame noise of one window, all tensors of shape ``[B, F]`` (float64 on CPU).
 
-    ``timesteps`` are in the model's own units (DDPM: integer t in [0, 999]; flow: σ·1000);
+    ``timesteps`` are what the model is fed, in its own units (DDPM: the integer grid t in [0, 999];
+    flow: σ·1000, or ``int(σ·1000)`` where the model's reference sampler feeds whole timesteps);
     ``alphas``/``sigmas`` give the forward process ``x = α·x0 + σ·ε`` of each frame.
     """
 
@@ -178,5 +183,7 @@ def _flow_levels(config: ScheduleConfig, steps: int):
     desc = flow_sigmas(config, steps)  # levels T..1
     sigmas = [0.0] + [float(x) for x in desc[::-1]]  # index = level
     timesteps = [s * config.num_train_timesteps for s in sigmas]
+    if config.integer_timesteps:  # diffusers: torch.from_numpy(sigmas * N).to(torch.int64), i.e. truncation
+        timesteps = [float(math.floor(t)) for t in timesteps]
     alphas = [1.0 - s for s in sigmas]
     return timesteps, alphas, sigmas

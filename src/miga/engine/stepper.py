@@ -123,11 +123,16 @@ class WindowStepper:
                 s.latent, s.state, s.level = lat, st, s.level - 1
 
 
-def sample_clip(stepper: WindowStepper, frames: int, first_index: int = 0, purpose: str = "clip") -> list[Slot]:
-    """Standard T-step sampling of one short clip, all frames at one level (Eq. 1)."""
+def sample_clip(stepper: WindowStepper, frames: int, first_index: int = 0, purpose: str = "clip",
+                init: torch.Tensor | None = None) -> list[Slot]:
+    """Standard T-step sampling of one short clip, all frames at one level (Eq. 1), from keyed noise or
+    from ``init`` ``[frames, C, H, W]`` (the initial latents a reference pipeline was given)."""
     top = stepper.schedule.top
-    slots = [Slot(first_index + i, stepper.noise.one(first_index + i, top, purpose + "/init"), top)
-             for i in range(frames)]
+    if init is None:
+        start = [stepper.noise.one(first_index + i, top, purpose + "/init") for i in range(frames)]
+    else:
+        start = list(init)
+    slots = [Slot(first_index + i, start[i], top) for i in range(frames)]
     for _ in range(top):
         stepper.run([WindowJob(slots, range(frames), first_index, purpose)])
     return slots
