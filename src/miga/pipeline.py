@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -30,9 +29,6 @@ from miga.engine.solvers import make_solver
 from miga.engine.stepper import Stats, WindowStepper, sample_clip
 from miga.errors import MigaError
 
-BUILTIN_MODELS = ("shapes", "gaussian", "gaussian-clip")
-
-
 def load_backbone(model: str = "shapes", *, height: int | None = None, width: int | None = None,
                   device: str | None = None, dtype: str | None = None, **kwargs: Any) -> Backbone:
     """A backbone by name or path: ``shapes`` (the built-in shapes-world model; a path to a ``.safetensors``
@@ -41,49 +37,22 @@ def load_backbone(model: str = "shapes", *, height: int | None = None, width: in
     VideoCrafter2's ``model.ckpt`` (the file, or a folder holding it and a ``tokenizer/``) or its community
     diffusers folder, or a local diffusers-format folder of Wan2.1-T2V, SkyReels-V2-DF or a UNet3D model such
     as ModelScope or Zeroscope (``device`` default: a GPU if there is one; ``dtype`` default: bfloat16 on a
-    GPU); ``kwargs`` go to the backbone's constructor (``ddim_rescale``: VideoCrafter2 only)."""
-    ddim_rescale = kwargs.pop("ddim_rescale", False)
-    external = model not in BUILTIN_MODELS and not model.endswith(".safetensors")
-    if external:
-        from miga.backbones.videocrafter2 import VideoCrafter2Model, is_videocrafter2_path
+    GPU); ``kwargs`` go to the backbone's constructor (``ddim_rescale``: VideoCrafter2 only). Which kind
+    takes which input is decided in one place, :mod:`miga.backbones.registry` (``miga models`` lists them)."""
+    from miga.backbones import registry
 
-        if is_videocrafter2_path(model):
-            return VideoCrafter2Model.from_path(model, height=height, width=width, device=device, dtype=dtype,
-                                                ddim_rescale=ddim_rescale, **kwargs)
-    if ddim_rescale:
-        raise MigaError("--ddim-rescale applies to VideoCrafter2 (its model.ckpt or diffusers folder), whose "
-                        f"training scaled the clean latents; {model} is another model")
-    if external:
-        from miga.backbones.unet3d import UNet3DModel, is_unet_folder, model_file_error
-        from miga.backbones.wan import WanModel
+    return registry.load(model, height=height, width=width, device=device, dtype=dtype, **kwargs)
 
-        if os.path.isfile(model):
-            raise MigaError(model_file_error(model))
-        if is_unet_folder(model):
-            return UNet3DModel.from_folder(model, height=height, width=width, device=device, dtype=dtype, **kwargs)
-        if not os.path.exists(model) and "/" not in model and os.sep not in model:
-            raise MigaError(f"unknown model {model!r}; choose one of: {', '.join(BUILTIN_MODELS)}, or a model folder")
-        return WanModel.from_folder(model, height=height, width=width, device=device, dtype=dtype, **kwargs)
-    if dtype not in (None, "float32"):
-        raise MigaError(f"--dtype {dtype} applies to diffusers models; the {model} model runs in float32")
-    device = device or "cpu"
-    size = {k: v for k, v in (("height", height), ("width", width)) if v is not None}
-    if model == "shapes" or model.endswith(".safetensors"):
-        from miga.backbones.shapes import ShapesModel
-        from miga.backbones.unet3d import model_file_error
 
-        problem = None if model == "shapes" else model_file_error(model)
-        if problem:
-            raise MigaError(problem)
-        if size and size != {"height": 64, "width": 64}:
-            raise MigaError("the shapes model makes 64x64 frames; leave out --height/--width")
-        return ShapesModel(None if model == "shapes" else model, device=device, **kwargs)
-    if model in ("gaussian", "gaussian-clip"):
-        from miga.backbones.gaussian import GaussianWorld
+def from_pipe(pipe: Any, **kwargs: Any) -> Backbone:
+    """A backbone built from a diffusers pipeline you already loaded: ``WanPipeline``,
+    ``SkyReelsV2DiffusionForcingPipeline``, ``TextToVideoSDPipeline`` or the VideoCrafter2 community
+    conversion's pipeline. Its modules are used as they are: never cast, moved or unhooked (device: the
+    pipeline's execution device; dtype: its denoiser's). ``kwargs`` go to the backbone (``height``,
+    ``width``, ``window_latents``, ``model_batch`` ...)."""
+    from miga.backbones import registry
 
-        mode = "clip" if model == "gaussian-clip" else "exact"
-        return GaussianWorld(mode=mode, device=device, **size, **kwargs)
-    raise AssertionError(model)  # unreachable: every other name went to the folder loader above
+    return registry.from_pipe(pipe, **kwargs)
 
 
 def frames_for_latents(backbone: Backbone, latents: int) -> int:

@@ -112,17 +112,61 @@ def cast_model(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     return model
 
 
+def offload_hooks(module) -> list:
+    """The accelerate ``CpuOffload`` hooks on ``module`` (``enable_model_cpu_offload``), if any."""
+    hook = getattr(module, "_hf_hook", None)
+    hooks = list(getattr(hook, "hooks", None) or [hook]) if hook is not None else []
+    return [h for h in hooks if type(h).__name__ == "CpuOffload"]
+
+
+def execution_device(module) -> torch.device:
+    """Where ``module`` computes: its offload hook's execution device, else where its parameters are."""
+    for hook in offload_hooks(module):
+        return torch.device(hook.execution_device)
+    return next(module.parameters()).device
+
+
+def onload(module) -> torch.device:
+    """Before calling a submodule of ``module`` directly (which bypasses the hook on ``module.forward``), do
+    what its ``CpuOffload`` hook does before a forward: move it to its execution device (and offload the
+    previous model of the chain). Without such a hook nothing moves. Returns the device it computes on."""
+    for hook in offload_hooks(module):
+        hook.pre_forward(module)
+    return execution_device(module)
+
+
+def pipeline_device(pipe) -> torch.device:
+    """The device a diffusers pipeline runs on (``_execution_device``: respects model offload)."""
+    try:
+        return torch.device(pipe._execution_device)
+    except Exception:  # noqa: BLE001 - a pipeline without modules on a device
+        return torch.device("cpu")
+
+
 class TextEncoderOffload:
     """Placement shared by the diffusers adapters: the denoiser on ``self.device`` in ``self.dtype``, the VAE
-    there in float32, the text encoder in ``self.dtype`` on the CPU until prompts are encoded."""
+    there in float32, the text encoder in ``self.dtype`` on the CPU until prompts are encoded.
+
+    With ``self.owns_modules`` False (a backbone built from a user's pipeline, :func:`miga.from_pipe`) nothing
+    is cast, moved or switched: the modules stay as the user placed them, offload hooks included.
+    """
 
     device: torch.device
     dtype: torch.dtype
+    owns_modules: bool = True
 
     def _place(self, denoiser, vae, text_encoder):
+        if not self.owns_modules:
+            return denoiser, vae, text_encoder
         return (cast_model(denoiser, self.dtype).to(self.device).eval().requires_grad_(False),
                 cast_model(vae, torch.float32).to(self.device).eval().requires_grad_(False),
                 cast_model(text_encoder, self.dtype).eval().requires_grad_(False))
+
+    def _text_encoder_on_device(self):
+        """The text encoder ready to run, and the device its inputs go to."""
+        if self.owns_modules:
+            return self.text_encoder.to(self.device), self.device
+        return self.text_encoder, execution_device(self.text_encoder)
 
     def _predict_in_chunks(self, call, latents, levels, conds, batch: int | None) -> torch.Tensor:
         """Move a batch of windows to ``self.device``/``self.dtype`` and run ``call(x, t, ctx)`` on at most
@@ -135,7 +179,10 @@ class TextEncoderOffload:
         return torch.cat(outs).float()
 
     def release_text_encoder(self) -> None:
-        """Move the text encoder back to the CPU once the prompts are encoded (frees its GPU memory)."""
+        """Move the text encoder back to the CPU once the prompts are encoded (frees its GPU memory); a
+        borrowed one (``owns_modules`` False) stays where its owner put it."""
+        if not self.owns_modules:
+            return
         self.text_encoder.to("cpu")
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

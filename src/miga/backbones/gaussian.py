@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F_nn
 
 from miga.backbones.base import NoiseLevels
+from miga.backbones.registry import BackboneKind, builtin_options
 from miga.engine.schedules import ScheduleConfig
 from miga.errors import MigaError
 
@@ -180,3 +181,18 @@ def video_statistics(latents: torch.Tensor, mu: torch.Tensor | None = None) -> d
     a, b = z[:, :-1], z[:, 1:]
     lag1 = (a * b).sum() / ((a * a).sum() * (b * b).sum()).sqrt()
     return {"lag1": float(lag1), "variance": float((z * z).mean())}
+
+
+def load_gaussian(model: str = "gaussian", *, height: int | None = None, width: int | None = None,
+                  device: str | None = None, dtype: str | None = None, **kwargs) -> GaussianWorld:
+    """``gaussian`` (exact per-frame denoiser) or ``gaussian-clip`` (one level per clip, like a foundation
+    model trained on clips)."""
+    size = builtin_options(model, height, width, dtype)
+    mode = "clip" if model == "gaussian-clip" else "exact"
+    return GaussianWorld(mode=mode, device=device or "cpu", **size, **kwargs)
+
+
+KIND = BackboneKind(
+    name="gaussian", summary="the exact Gaussian video world: gaussian (exact denoiser), gaussian-clip (one "
+    "noise level per clip, like a foundation model)", needs="nothing (built in)",
+    names=("gaussian", "gaussian-clip"), load=load_gaussian)

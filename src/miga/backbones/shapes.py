@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from miga.backbones.base import NoiseLevels
+from miga.backbones.registry import BackboneKind, builtin_options
 from miga.engine.schedules import ScheduleConfig
 from miga.errors import MigaError
 from miga.toy.nets import FrameAutoencoder, SpaceTimeDenoiser, ToyConfig
@@ -114,3 +115,23 @@ class ShapesModel:
 
     def decoder(self) -> ShapesDecoder:
         return ShapesDecoder(self.autoencoder)
+
+
+def load_shapes(model: str = "shapes", *, height: int | None = None, width: int | None = None,
+                device: str | None = None, dtype: str | None = None, **kwargs) -> ShapesModel:
+    """``shapes`` (the shipped weights) or a ``.safetensors`` file from ``miga train-toy``."""
+    from miga.backbones.unet3d import model_file_error
+
+    size = builtin_options(model, height, width, dtype)
+    problem = None if model == "shapes" else model_file_error(model)
+    if problem:
+        raise MigaError(problem)
+    if size and size != {"height": 64, "width": 64}:
+        raise MigaError("the shapes model makes 64x64 frames; leave out --height/--width")
+    return ShapesModel(None if model == "shapes" else model, device=device or "cpu", **kwargs)
+
+
+KIND = BackboneKind(
+    name="shapes", summary="the built-in shapes-world model (64x64 frames, prompts in the shapes grammar)",
+    needs="nothing (built in); or a .safetensors weights file from 'miga train-toy'", names=("shapes",),
+    recognises_path=lambda path: path.endswith(".safetensors"), load=load_shapes)

@@ -31,8 +31,9 @@ import torch
 from miga.backbones.base import NoiseLevels
 from miga.backbones.diffusers_common import (HUB_ID, WEIGHT_SUFFIXES, TextEncoderOffload, check_size,
                                              default_device, has_tokenizer_files, hub_id_message,
-                                             import_diffusers, load_part, parse_dtype, read_json,
-                                             safetensors_header)
+                                             import_diffusers, load_part, onload, parse_dtype,
+                                             pipeline_device, read_json, safetensors_header)
+from miga.backbones.registry import BackboneKind, pipeline_class_names
 from miga.engine.schedules import ScheduleConfig
 from miga.errors import MigaError
 
@@ -154,14 +155,19 @@ def per_frame_timesteps(unet, timesteps: torch.Tensor) -> Iterator[torch.Tensor]
     """While active, ``unet`` embeds frame f of video b at ``timesteps[b, f]`` (``[B, F]``).
 
     Builds the ``(B·F, C)`` time embedding in ``(b f)`` order and swaps it, with forward-pre-hooks, into every
-    down, mid and up block, where diffusers passes the per-video embedding repeated over frames. The hooks
-    are removed when the block ends, also after an exception. Yields the embedding.
+    down, mid and up block, where diffusers passes the per-video embedding repeated over frames. The
+    embedding is computed at the first block, once the UNet's own forward (and any offload hook) has placed
+    it. The hooks are removed when the block ends, also after an exception.
     """
     b, f = timesteps.shape
     flat = timesteps.reshape(b * f)
-    emb = unet.time_embedding(unet.time_proj(flat).to(unet.dtype), None)
+    emb = None
 
     def swap(module, args, kwargs):
+        nonlocal emb
+        if emb is None:
+            device = next(unet.time_embedding.parameters()).device
+            emb = unet.time_embedding(unet.time_proj(flat.to(device)).to(unet.dtype), None)
         if "temb" in kwargs:
             kwargs["temb"] = emb
         elif len(args) >= 2:
@@ -174,7 +180,7 @@ def per_frame_timesteps(unet, timesteps: torch.Tensor) -> Iterator[torch.Tensor]
     blocks = [*unet.down_blocks, *([unet.mid_block] if unet.mid_block is not None else []), *unet.up_blocks]
     handles = [block.register_forward_pre_hook(swap, with_kwargs=True) for block in blocks]
     try:
-        yield emb
+        yield
     finally:
         for handle in handles:
             handle.remove()
@@ -187,15 +193,14 @@ class UNet3DFrameDecoder:
 
     def __init__(self, vae):
         self.vae = vae
-        param = next(vae.parameters())
-        self.device, self.dtype = param.device, param.dtype
+        self.device, self.dtype = onload(vae), next(vae.parameters()).dtype
         self.scale = float(vae.config.scaling_factor)
 
     @torch.no_grad()
     def decode_latent(self, latent: torch.Tensor) -> torch.Tensor:
         """One latent ``[C, h, w]`` (the UNet's scale) to pixels ``[1, 3, H, W]`` in [-1, 1]."""
         z = latent[None].to(self.device, torch.float32) / self.scale
-        return self.vae.decode(z.to(self.dtype)).sample.clamp(-1.0, 1.0)
+        return self.vae.decode(z.to(self.dtype)).sample.float().clamp(-1.0, 1.0)
 
     def push(self, latent: torch.Tensor) -> list[np.ndarray]:
         image = self.decode_latent(latent)[0]  # [3, H, W]
@@ -218,6 +223,8 @@ class UNet3DModel(TextEncoderOffload):
         window_latents: f_0, frames per model window (default 16, ModelScope's usual clip length).
         model_batch: windows per UNet call; 1 runs classifier-free guidance as two passes.
         schedule: the DDPM schedule (default: text-to-video-ms-1.7b's scheduler config).
+        owns_modules: cast and place the modules (True), or use them exactly as given (False, a user's
+            pipeline: :meth:`from_pipe`).
     """
 
     name = "unet3d"
@@ -230,7 +237,8 @@ class UNet3DModel(TextEncoderOffload):
     def __init__(self, unet, vae, text_encoder, tokenizer, *, height: int | None = None, width: int | None = None,
                  device: str | None = None, dtype: str | torch.dtype | None = None,
                  window_latents: int | None = None, model_batch: int | None = None,
-                 schedule: ScheduleConfig | None = None):
+                 schedule: ScheduleConfig | None = None, owns_modules: bool = True):
+        self.owns_modules = owns_modules
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
         sample = int(getattr(unet.config, "sample_size", None) or 32)
         height = height or sample * self.vae_scale
@@ -274,6 +282,15 @@ class UNet3DModel(TextEncoderOffload):
         return cls(unet, vae, text_encoder, tokenizer, schedule=schedule, **kwargs)
 
     @classmethod
+    def from_pipe(cls, pipe, **kwargs: Any) -> "UNet3DModel":
+        """A backbone over the modules of a loaded ``TextToVideoSDPipeline``, used as they are (no cast, no
+        move, offload hooks kept); the DDPM schedule from its scheduler's config."""
+        kwargs.setdefault("schedule", ddpm_schedule_from(dict(pipe.scheduler.config)))
+        kwargs.setdefault("device", pipeline_device(pipe))
+        kwargs.setdefault("dtype", pipe.unet.dtype)
+        return cls(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, owns_modules=False, **kwargs)
+
+    @classmethod
     def from_components(cls, components: dict, **kwargs: Any) -> "UNet3DModel":
         return cls(components["unet"], components["vae"], components["text_encoder"], components["tokenizer"],
                    **kwargs)
@@ -284,12 +301,12 @@ class UNet3DModel(TextEncoderOffload):
         """CLIP ``last_hidden_state`` ``[77, D]`` of one prompt padded to 77 tokens (as TextToVideoSDPipeline)."""
         tokens = self.tokenizer([text], padding="max_length", max_length=self.max_length, truncation=True,
                                 return_tensors="pt")
-        encoder = self.text_encoder.to(self.device)
+        encoder, device = self._text_encoder_on_device()
         mask = None
         if getattr(encoder.config, "use_attention_mask", False):
-            mask = tokens.attention_mask.to(self.device)
-        hidden = encoder(tokens.input_ids.to(self.device), attention_mask=mask).last_hidden_state[0]
-        return hidden.to(self.dtype)
+            mask = tokens.attention_mask.to(device)
+        hidden = encoder(tokens.input_ids.to(device), attention_mask=mask).last_hidden_state[0]
+        return hidden.to(self.device, self.dtype)
 
     # ---- the model ----
     @torch.no_grad()
@@ -303,3 +320,18 @@ class UNet3DModel(TextEncoderOffload):
 
     def decoder(self) -> UNet3DFrameDecoder:
         return UNet3DFrameDecoder(self.vae)
+
+
+def is_unet3d_pipe(pipe) -> bool:
+    """A ``TextToVideoSDPipeline`` (or subclass) with a plain ``UNet3DConditionModel``."""
+    unet = getattr(pipe, "unet", None)
+    return ("TextToVideoSDPipeline" in pipeline_class_names(pipe) and unet is not None
+            and type(unet).__name__ == UNET_CLASS and not hasattr(unet, "fps_embedding"))
+
+
+KIND = BackboneKind(
+    name="unet3d", summary="diffusers UNet3DConditionModel text-to-video models (ModelScope, Zeroscope)",
+    needs="a local diffusers folder: unet/, vae/, text_encoder/, tokenizer/, scheduler/",
+    recognises_path=is_unet_folder, load=lambda model, **options: UNet3DModel.from_folder(model, **options),
+    pipelines=("TextToVideoSDPipeline",), recognises_pipe=is_unet3d_pipe, from_pipe=UNet3DModel.from_pipe,
+    download=DOWNLOAD_HINT)

@@ -38,7 +38,8 @@ import torch
 from miga.backbones.base import NoiseLevels
 from miga.backbones.diffusers_common import (HUB_ID, TextEncoderOffload, check_size, default_device,
                                              has_tokenizer_files, hub_id_message, import_diffusers, load_part,
-                                             parse_dtype, read_json, safetensors_header)
+                                             parse_dtype, pipeline_device, read_json, safetensors_header)
+from miga.backbones.registry import BackboneKind
 from miga.backbones.unet3d import UNet3DFrameDecoder
 from miga.backbones.videocrafter2_unet import (CHECKPOINT_PREFIX, VideoCrafter2UNet, config_from_state_dict,
                                                lvdm_state_dict_from_diffusers, match_projection_shapes,
@@ -281,6 +282,8 @@ class VideoCrafter2Model(TextEncoderOffload):
             written at 10 fps.
         ddim_rescale: apply VideoCrafter2's training-time ``scale_arr`` in every DDIM step (see the module
             docstring); off by default, as in FIFO-Diffusion's and MIGA's code.
+        owns_modules: cast and place the modules (True), or use them exactly as given (False, a user's
+            pipeline: :meth:`from_pipe`).
     """
 
     name = "videocrafter2"
@@ -293,7 +296,8 @@ class VideoCrafter2Model(TextEncoderOffload):
     def __init__(self, unet: VideoCrafter2UNet, vae, text_encoder, tokenizer, *, height: int | None = None,
                  width: int | None = None, device: str | None = None, dtype: str | torch.dtype | None = None,
                  window_latents: int | None = None, model_batch: int | None = None,
-                 fps_condition: float = FPS_CONDITION, ddim_rescale: bool = False):
+                 fps_condition: float = FPS_CONDITION, ddim_rescale: bool = False, owns_modules: bool = True):
+        self.owns_modules = owns_modules
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
         multiple = self.vae_scale * 2 ** (len(unet.config.channel_mult) - 1)
         height, width = height or 320, width or 512
@@ -324,6 +328,22 @@ class VideoCrafter2Model(TextEncoderOffload):
         return cls.from_components(parts, **kwargs)
 
     @classmethod
+    def from_pipe(cls, pipe, **kwargs: Any) -> "VideoCrafter2Model":
+        """A backbone over a loaded pipeline of the community conversion (e.g. Video-Infinity's
+        ``VideoCrafterPipeline``): its UNet is viewed in LVDM's layout as miga's own UNet, sharing the weights'
+        memory (no copy, same dtype and device); VAE, text encoder and tokenizer are used as they are. The
+        user's modules are not cast or moved. A model-offloaded UNet runs where its weights are now."""
+        try:
+            state = lvdm_state_dict_from_diffusers(pipe.unet.state_dict())
+            unet = _unet_from_lvdm(state).eval()
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise MigaError(f"the pipeline's UNet does not have VideoCrafter2's layout ({first_line(e)})"[:400]) \
+                from None
+        kwargs.setdefault("device", pipeline_device(pipe))
+        kwargs.setdefault("dtype", pipe.unet.dtype)
+        return cls(unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, owns_modules=False, **kwargs)
+
+    @classmethod
     def from_components(cls, components: dict, **kwargs: Any) -> "VideoCrafter2Model":
         return cls(components["unet"], components["vae"], components["text_encoder"], components["tokenizer"],
                    **kwargs)
@@ -337,9 +357,9 @@ class VideoCrafter2Model(TextEncoderOffload):
     @torch.no_grad()
     def encode_prompt(self, text: str) -> torch.Tensor:
         """OpenCLIP penultimate-layer tokens after the final LayerNorm, ``[77, 1024]``."""
-        encoder = self.text_encoder.to(self.device)
-        hidden = encoder(self.token_ids(text).to(self.device)).last_hidden_state[0]
-        return hidden.to(self.dtype)
+        encoder, device = self._text_encoder_on_device()
+        hidden = encoder(self.token_ids(text).to(device)).last_hidden_state[0]
+        return hidden.to(self.device, self.dtype)
 
     # ---- the model ----
     @torch.no_grad()
@@ -354,3 +374,22 @@ class VideoCrafter2Model(TextEncoderOffload):
         return UNet3DFrameDecoder(self.vae)
 
 
+
+
+def is_community_pipe(pipe) -> bool:
+    """A loaded pipeline whose UNet is the community VideoCrafter2 conversion (fps-conditioned UNet3D)."""
+    unet = getattr(pipe, "unet", None)
+    if unet is None:
+        return False
+    config = getattr(unet, "config", None) or {}
+    return (type(unet).__name__ in COMMUNITY_CLASSES or hasattr(unet, "fps_embedding")
+            or bool(config.get("fps_cond")))
+
+
+KIND = BackboneKind(
+    name="videocrafter2", summary="VideoCrafter2 base_512_v2, the paper's main model (miga's own UNet)",
+    needs="model.ckpt with the CLIP tokenizer in tokenizer/ beside it, or the community diffusers folder",
+    recognises_path=is_videocrafter2_path,
+    load=lambda model, **options: VideoCrafter2Model.from_path(model, **options), options=("ddim_rescale",),
+    pipelines=("VideoCrafterPipeline (the community conversion)",), recognises_pipe=is_community_pipe,
+    from_pipe=VideoCrafter2Model.from_pipe, download=f"{CHECKPOINT_HINT}; {TOKENIZER_HINT}")

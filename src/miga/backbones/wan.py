@@ -28,7 +28,8 @@ import torch
 from miga.backbones.base import NoiseLevels
 from miga.backbones.diffusers_common import (
     HUB_ID, WEIGHT_SUFFIXES, TextEncoderOffload, check_size, default_device, hub_id_message, import_diffusers,
-    load_part, parse_dtype, read_json)
+    load_part, onload, parse_dtype, pipeline_device, read_json)
+from miga.backbones.registry import BackboneKind, pipeline_class_names
 from miga.engine.schedules import ScheduleConfig
 from miga.errors import MigaError
 
@@ -93,8 +94,7 @@ class WanStreamingDecoder:
 
     def __init__(self, vae):
         self.vae = vae
-        param = next(vae.parameters())
-        self.device, self.dtype = param.device, param.dtype
+        self.device, self.dtype = onload(vae), next(vae.parameters()).dtype
         shape = (1, vae.config.z_dim, 1, 1, 1)
         self.mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(shape).to(self.device)
         self.std = torch.tensor(vae.config.latents_std, dtype=torch.float32).view(shape).to(self.device)
@@ -105,6 +105,7 @@ class WanStreamingDecoder:
     def decode_latent(self, latent: torch.Tensor) -> torch.Tensor:
         """One normalised latent ``[C, h, w]`` to pixels ``[1, 3, n, H, W]`` in [-1, 1]."""
         vae = self.vae
+        onload(vae)  # a user's model-offloaded VAE (from_pipe): onto its device, as its hook would
         z = latent[None, :, None].to(self.device, torch.float32) * self.std + self.mean
         x = vae.post_quant_conv(z.to(self.dtype))
         vae._conv_idx = [0]
@@ -140,6 +141,8 @@ class WanModel(TextEncoderOffload):
         model_batch: windows per transformer call; 1 runs classifier-free guidance as two passes, which
             halves the activation memory.
         max_sequence_length: prompt tokens (Wan: 512).
+        owns_modules: cast and place the modules as above (True), or use them exactly as given (False, a
+            user's pipeline: :meth:`from_pipe`).
     """
 
     prediction = "flow"
@@ -150,7 +153,8 @@ class WanModel(TextEncoderOffload):
     def __init__(self, transformer, vae, text_encoder, tokenizer, *, height: int | None = None,
                  width: int | None = None, device: str | None = None, dtype: str | torch.dtype | None = None,
                  window_latents: int | None = None, model_batch: int | None = None,
-                 max_sequence_length: int = 512, flow_shift: float = 3.0):
+                 max_sequence_length: int = 512, flow_shift: float = 3.0, owns_modules: bool = True):
+        self.owns_modules = owns_modules
         self.skyreels = type(transformer).__name__.startswith("SkyReels")
         self.name = "skyreels-v2-df" if self.skyreels else "wan2.1"
         self.default_preset = self.name
@@ -219,6 +223,23 @@ class WanModel(TextEncoderOffload):
         return cls(transformer, vae, text_encoder, tokenizer, **kwargs)
 
     @classmethod
+    def from_pipe(cls, pipe, **kwargs: Any) -> "WanModel":
+        """A backbone over the modules of a loaded ``WanPipeline`` or ``SkyReelsV2DiffusionForcingPipeline``,
+        used as they are: no cast, no move, offload hooks kept (``owns_modules=False``). Device: the
+        pipeline's execution device; dtype: the transformer's; flow shift: the pipeline scheduler's."""
+        if getattr(pipe, "transformer_2", None) is not None:
+            raise MigaError("this WanPipeline has two transformers (Wan2.2 A14B's two experts); miga runs one "
+                            "transformer per model: Wan2.1-T2V, Wan2.2-TI2V-5B or SkyReels-V2-DF")
+        config = getattr(getattr(pipe, "scheduler", None), "config", None) or {}
+        shift = config.get("flow_shift") if config.get("use_flow_sigmas", True) else None
+        shift = shift if shift is not None else config.get("shift")  # FlowMatchEulerDiscreteScheduler
+        if shift is not None and "flow_shift" not in kwargs:
+            kwargs["flow_shift"] = float(shift)
+        kwargs.setdefault("device", pipeline_device(pipe))
+        kwargs.setdefault("dtype", pipe.transformer.dtype)
+        return cls(pipe.transformer, pipe.vae, pipe.text_encoder, pipe.tokenizer, owns_modules=False, **kwargs)
+
+    @classmethod
     def from_components(cls, components: dict, **kwargs: Any) -> "WanModel":
         return cls(components["transformer"], components["vae"], components["text_encoder"],
                    components["tokenizer"], **kwargs)
@@ -230,12 +251,12 @@ class WanModel(TextEncoderOffload):
         tokens = self.tokenizer([clean_prompt(text)], padding="max_length", max_length=self.max_sequence_length,
                                 truncation=True, add_special_tokens=True, return_attention_mask=True,
                                 return_tensors="pt")
-        encoder = self.text_encoder.to(self.device)
-        mask = tokens.attention_mask.to(self.device)
-        hidden = encoder(tokens.input_ids.to(self.device), mask).last_hidden_state[0]
+        encoder, device = self._text_encoder_on_device()
+        mask = tokens.attention_mask.to(device)
+        hidden = encoder(tokens.input_ids.to(device), mask).last_hidden_state[0]
         length = int(mask.sum())
         hidden = torch.cat([hidden[:length], hidden.new_zeros(hidden.shape[0] - length, hidden.shape[1])])
-        return hidden.to(self.dtype)
+        return hidden.to(self.device, self.dtype)
 
     # ---- the model ----
     def per_token_timesteps(self, timesteps: torch.Tensor) -> torch.Tensor:
@@ -261,3 +282,28 @@ class WanModel(TextEncoderOffload):
 
     def decoder(self) -> WanStreamingDecoder:
         return WanStreamingDecoder(self.vae)
+
+
+def is_wan_folder(path: str) -> bool:
+    """A diffusers folder whose ``transformer/`` is Wan's or SkyReels-V2's, or whose ``model_index.json``
+    names one of their pipelines."""
+    config = os.path.join(path, "transformer", "config.json")
+    if os.path.isfile(config):
+        return read_json(config).get("_class_name") in TRANSFORMER_CLASSES
+    index = os.path.join(path, "model_index.json")
+    return os.path.isfile(index) and read_json(index).get("_class_name") in PIPELINE_CLASSES
+
+
+def is_wan_pipe(pipe) -> bool:
+    return bool(pipeline_class_names(pipe) & set(PIPELINE_CLASSES)) and hasattr(pipe, "transformer")
+
+
+PIPELINE_CLASSES = ("WanPipeline", "SkyReelsV2DiffusionForcingPipeline", "SkyReelsV2Pipeline")
+
+KIND = BackboneKind(
+    name="wan", summary="Wan2.1-T2V or SkyReels-V2-DF (diffusers WanTransformer3DModel / SkyReelsV2Transformer3DModel)",
+    needs="a local diffusers folder: transformer/, vae/, text_encoder/, tokenizer/ (scheduler/ optional)",
+    recognises_path=is_wan_folder, load=lambda model, **options: WanModel.from_folder(model, **options),
+    pipelines=("WanPipeline", "SkyReelsV2DiffusionForcingPipeline"), recognises_pipe=is_wan_pipe,
+    from_pipe=WanModel.from_pipe, download=DOWNLOAD_HINT)
+"""Last in the order of recognition; also the fallback for any other folder (its error lists what is missing)."""

@@ -1,0 +1,117 @@
+"""The one place that knows the backbones: how each is recognised from a name, a path or a diffusers
+pipeline object, and in which order they are tried.
+
+Each backbone module describes itself with a :class:`BackboneKind` (its ``KIND``); :data:`KINDS` below is the
+order of recognition. :func:`load` and :func:`from_pipe` ask each kind in turn; the first that recognises
+the input builds the backbone. Inputs no kind recognises get one line saying what miga expects.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from miga.errors import MigaError
+
+
+@dataclass(frozen=True)
+class BackboneKind:
+    """One kind of backbone as the registry sees it.
+
+    Attributes:
+        name: short name (``shapes``, ``wan`` ...), shown by ``miga models``.
+        summary: what it is, one line.
+        needs: what a user gives to use it (a built-in name, or what must be on disk), one line.
+        names: built-in names it answers to (no files needed).
+        recognises_path: ``path -> bool`` for files and folders it loads (None: names only).
+        load: ``(model, **options) -> Backbone``.
+        options: keyword options only this kind takes (others refuse them in one line).
+        pipelines: diffusers pipeline class names it takes in :func:`from_pipe` (informational).
+        recognises_pipe: ``pipe -> bool`` for a loaded diffusers pipeline (None: it takes none).
+        from_pipe: ``(pipe, **options) -> Backbone`` built from the pipeline's own modules.
+        download: how to get the weights (a command), shown by ``miga models``.
+    """
+
+    name: str
+    summary: str
+    needs: str
+    load: Callable[..., Any]
+    names: tuple[str, ...] = ()
+    recognises_path: Callable[[str], bool] | None = None
+    options: tuple[str, ...] = ()
+    pipelines: tuple[str, ...] = ()
+    recognises_pipe: Callable[[Any], bool] | None = None
+    from_pipe: Callable[..., Any] | None = None
+    download: str = ""
+
+    def recognises(self, model: str) -> bool:
+        if model in self.names:
+            return True
+        return self.recognises_path is not None and self.recognises_path(model)
+
+
+def kinds() -> tuple[BackboneKind, ...]:
+    """Every kind, in the order of recognition: built-ins by name first, then VideoCrafter2 (its ``.ckpt`` and
+    fps-conditioned UNet folders, which would otherwise pass for UNet3D folders), UNet3D folders, and last
+    Wan2.1/SkyReels-V2, which takes any other folder (so an incomplete one is told which parts it lacks)."""
+    from miga.backbones import gaussian, shapes, unet3d, videocrafter2, wan
+
+    return (shapes.KIND, gaussian.KIND, videocrafter2.KIND, unet3d.KIND, wan.KIND)
+
+
+def builtin_names() -> tuple[str, ...]:
+    return tuple(n for kind in kinds() for n in kind.names)
+
+
+def kind_of(model: str) -> BackboneKind | None:
+    """The kind that recognises ``model`` (a name or a path), or None."""
+    return next((kind for kind in kinds() if kind.recognises(model)), None)
+
+
+def unrecognised(model: str) -> str:
+    """The one-line error for a file or a bare name that no kind recognises."""
+    from miga.backbones.unet3d import model_file_error
+
+    if os.path.isfile(model):
+        return model_file_error(model) or f"{model} is not a model miga can load"
+    return f"unknown model {model!r}; choose one of: {', '.join(builtin_names())}, or a model folder"
+
+
+def load(model: str, **options: Any):
+    """The backbone for ``model`` (a built-in name or a path), built by the first kind that recognises it.
+    Any other folder, or a path that does not exist, goes to the last kind (Wan), whose error says what is
+    missing; ``ddim_rescale`` is refused in one line outside VideoCrafter2."""
+    kind = kind_of(model)
+    if kind is None and not os.path.isfile(model) and (os.path.isdir(model) or "/" in model or os.sep in model):
+        kind = kinds()[-1]
+    if kind is None:
+        raise MigaError(unrecognised(model))
+    if options.pop("ddim_rescale", False):
+        if "ddim_rescale" not in kind.options:
+            raise MigaError("--ddim-rescale applies to VideoCrafter2 (its model.ckpt or diffusers folder), whose "
+                            f"training scaled the clean latents; {model} is another model")
+        options["ddim_rescale"] = True
+    return kind.load(model, **options)
+
+
+def builtin_options(model: str, height: int | None, width: int | None, dtype: str | None) -> dict:
+    """Check the options a built-in model takes (float32 only) and return the frame size given, if any."""
+    if dtype not in (None, "float32"):
+        raise MigaError(f"--dtype {dtype} applies to diffusers models; the {model} model runs in float32")
+    return {k: v for k, v in (("height", height), ("width", width)) if v is not None}
+
+
+def from_pipe(pipe: Any, **options: Any):
+    """A backbone built from the modules of a diffusers pipeline the caller already loaded (see each kind's
+    ``from_pipe``); the pipeline's modules keep their dtypes, devices and hooks."""
+    for kind in kinds():
+        if kind.recognises_pipe is not None and kind.recognises_pipe(pipe):
+            return kind.from_pipe(pipe, **options)
+    known = ", ".join(p for kind in kinds() for p in kind.pipelines)
+    raise MigaError(f"miga cannot run a {type(pipe).__name__}; it takes {known}")
+
+
+def pipeline_class_names(pipe: Any) -> set[str]:
+    """The class name of ``pipe`` and of its bases (so subclasses of a known pipeline are recognised)."""
+    return {cls.__name__ for cls in type(pipe).__mro__}
