@@ -1,12 +1,16 @@
 """miga: training-free long video generation with MIGA and FIFO-Diffusion on any short-clip model.
 
-Public API: :func:`load_backbone`, :class:`LongVideo` (streams latents and frames), the configs
-:class:`MIGAConfig` / :class:`FIFOConfig` with their paper presets, and :class:`PromptSchedule`.
+Public API: :func:`load_backbone` (a name or a path) and :func:`from_pipe` (a diffusers pipeline already in
+memory), :class:`LongVideo` (streams latents and frames), :class:`LongVideoPipeline` (a diffusers-style
+call), the configs :class:`MIGAConfig` / :class:`FIFOConfig` with their paper presets, and
+:class:`PromptSchedule`.
 """
 
 from miga.config import FIFOConfig, MIGAConfig, preset
 from miga.engine.prompts import PromptSchedule
 from miga.errors import MigaError
-from miga.pipeline import LongVideo, load_backbone
+from miga.pipeline import LongVideo, from_pipe, load_backbone
+from miga.diffusers_pipeline import LongVideoPipeline, LongVideoPipelineOutput
 
-__all__ = ["FIFOConfig", "LongVideo", "MIGAConfig", "MigaError", "PromptSchedule", "load_backbone", "preset"]
+__all__ = ["FIFOConfig", "LongVideo", "LongVideoPipeline", "LongVideoPipelineOutput", "MIGAConfig", "MigaError",
+           "PromptSchedule", "from_pipe", "load_backbone", "preset"]

@@ -228,15 +228,40 @@ def _to_device(tree: Any, device: Any) -> Any:
     return tree
 
 
+def plain_config(config: MIGAConfig | FIFOConfig, native_frames: int) -> MIGAConfig:
+    """The sampling part of ``config`` (solver, eta, guidance, shift, negative prompt, steps T) as a MIGA
+    config whose long-video parts are off and cannot object to the window (one chunk of f_0, no guides)."""
+    steps = config.steps(native_frames) if isinstance(config, FIFOConfig) else config.steps
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+              if f.name in {g.name for g in dataclasses.fields(MIGAConfig)}}
+    return dataclasses.replace(MIGAConfig(**fields), steps=steps, zigzag_width=native_frames, stage2_steps=0,
+                               stride=1, guides=0, reflection=False)
+
+
+def native_latents(backbone: Backbone, prompt: str, *, seed: int = 0,
+                   config: MIGAConfig | FIFOConfig | None = None, init: torch.Tensor | None = None,
+                   stats: Stats | None = None) -> torch.Tensor:
+    """Plain (not long) sampling: the latents ``[f_0, C, H, W]`` of one clip of the model's own length f_0,
+    every frame at one noise level (Eq. 1), with the solver, steps and guidance of ``config`` (default: the
+    backbone's MIGA preset), from keyed noise or from ``init`` ``[f_0, C, H, W]``. The reference the
+    long-video methods are compared with, and what a model's own pipeline computes (tests/test_parity.py)."""
+    config = plain_config(config if config is not None else preset(backbone.default_preset, "miga"),
+                          backbone.native_frames)
+    video = LongVideo(backbone, prompt, frames_for_latents(backbone, backbone.native_frames), config, seed)
+    if init is not None and tuple(init.shape) != (backbone.native_frames, *backbone.latent_shape):
+        raise MigaError(f"initial latents of shape {tuple(init.shape)} do not fit one window of this model; "
+                        f"expected {(backbone.native_frames, *backbone.latent_shape)} (frames, channels, h, w)")
+    if stats is not None:
+        video.stats = stats
+    slots = sample_clip(video._stepper(), backbone.native_frames, purpose="native", init=init)
+    return torch.stack([slot.latent for slot in slots])
+
+
 def native_clip(backbone: Backbone, prompt: str, *, seed: int = 0,
                 config: MIGAConfig | FIFOConfig | None = None) -> list[np.ndarray]:
-    """Plain (not long) sampling: one clip of the model's own length f_0, every frame at one noise level
-    (Eq. 1), with the solver, steps and guidance of ``config`` (default: the backbone's MIGA preset).
-    The reference the long-video methods are compared with."""
-    video = LongVideo(backbone, prompt, frames_for_latents(backbone, backbone.native_frames), config, seed)
+    """The decoded frames of :func:`native_latents` (uint8 ``[H, W, 3]``)."""
     decoder = backbone.decoder()
     frames: list[np.ndarray] = []
-    for slot in sample_clip(video._stepper(), backbone.native_frames, purpose="native"):
-        frames += decoder.push(slot.latent)
+    for latent in native_latents(backbone, prompt, seed=seed, config=config):
+        frames += decoder.push(latent)
     return frames + decoder.flush()
-

@@ -200,12 +200,17 @@ class UNet3DFrameDecoder:
     def decode_latent(self, latent: torch.Tensor) -> torch.Tensor:
         """One latent ``[C, h, w]`` (the UNet's scale) to pixels ``[1, 3, H, W]`` in [-1, 1]."""
         z = latent[None].to(self.device, torch.float32) / self.scale
-        return self.vae.decode(z.to(self.dtype)).sample.float().clamp(-1.0, 1.0)
+        return self.vae.decode(z.to(self.dtype)).sample.clamp(-1.0, 1.0)
 
     def push(self, latent: torch.Tensor) -> list[np.ndarray]:
         image = self.decode_latent(latent)[0]  # [3, H, W]
         rgb = ((image.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
         return [rgb.permute(1, 2, 0).cpu().numpy()]
+
+    def push_float(self, latent: torch.Tensor) -> list[np.ndarray]:
+        """Like :meth:`push`, as float32 ``[H, W, 3]`` in [0, 1] (diffusers' ``output_type="np"``)."""
+        image = (self.decode_latent(latent)[0].float() * 0.5 + 0.5).clamp(0.0, 1.0)
+        return [image.permute(1, 2, 0).cpu().numpy()]
 
     def flush(self) -> list[np.ndarray]:
         return []

@@ -122,6 +122,11 @@ class WanStreamingDecoder:
         rgb = ((video.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
         return list(rgb.permute(1, 2, 3, 0).cpu().numpy())
 
+    def push_float(self, latent: torch.Tensor) -> list[np.ndarray]:
+        """Like :meth:`push`, as float32 ``[H, W, 3]`` in [0, 1] (diffusers' ``output_type="np"``)."""
+        video = (self.decode_latent(latent)[0].float() * 0.5 + 0.5).clamp(0.0, 1.0)
+        return list(video.permute(1, 2, 3, 0).cpu().numpy())
+
     def flush(self) -> list[np.ndarray]:
         self.vae.clear_cache()
         return []
