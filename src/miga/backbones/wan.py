@@ -81,7 +81,14 @@ def transformer_class_name(path: str) -> str:
 
 
 def clean_prompt(text: str) -> str:
-    """Wan's prompt cleaning without ftfy: unescape HTML twice, collapse whitespace."""
+    """Wan's prompt cleaning, as WanPipeline does it: ``ftfy.fix_text`` when ftfy is installed (Wan's own code
+    always applies it; it comes with ``miga-video[diffusers]``), unescape HTML twice, collapse whitespace."""
+    try:
+        import ftfy
+    except ImportError:
+        pass
+    else:
+        text = ftfy.fix_text(text)
     return re.sub(r"\s+", " ", html.unescape(html.unescape(text))).strip()
 
 

@@ -179,11 +179,19 @@ def flow_sigmas(config: ScheduleConfig, steps: int) -> np.ndarray:
     return s
 
 
+def flow_model_timesteps(config: ScheduleConfig, sigmas: Sequence[float]) -> list[float]:
+    """What a flow model is fed at each sigma: ``σ·N``, or with ``integer_timesteps`` the whole part
+    ``int(σ·N)``, as diffusers' schedulers do (``torch.from_numpy(sigmas * N).to(torch.int64)``) and Wan's
+    and SkyReels' own FlowUniPC. The solver keeps the exact sigmas."""
+    timesteps = [s * config.num_train_timesteps for s in sigmas]
+    if config.integer_timesteps:
+        timesteps = [float(math.floor(t)) for t in timesteps]
+    return timesteps
+
+
 def _flow_levels(config: ScheduleConfig, steps: int):
     desc = flow_sigmas(config, steps)  # levels T..1
     sigmas = [0.0] + [float(x) for x in desc[::-1]]  # index = level
-    timesteps = [s * config.num_train_timesteps for s in sigmas]
-    if config.integer_timesteps:  # diffusers: torch.from_numpy(sigmas * N).to(torch.int64), i.e. truncation
-        timesteps = [float(math.floor(t)) for t in timesteps]
+    timesteps = flow_model_timesteps(config, sigmas)
     alphas = [1.0 - s for s in sigmas]
     return timesteps, alphas, sigmas
