@@ -302,3 +302,56 @@ def test_videocrafter2_parity_fails_with_timesteps_one_step_off(videocrafter2, t
     backbone, init = videocrafter2
     ref = videocrafter2_reference(backbone, copy.deepcopy(init))
     assert relative_error(videocrafter2_plain(backbone, init, "latent"), ref) > BROKEN
+
+
+# ------------------------------------------------------------------------------------------------ long runs
+def recorded_timesteps(backbone, run) -> set:
+    """Every timestep ``backbone.predict`` is fed while ``run()`` makes a video."""
+    seen, predict = set(), backbone.predict
+
+    def record(latents, levels, conds):
+        seen.update(float(t) for t in levels.timesteps.flatten())
+        return predict(latents, levels, conds)
+
+    backbone.predict = record
+    try:
+        run()
+    finally:
+        del backbone.predict
+    return seen
+
+
+LONG_MIGA = miga.MIGAConfig(steps=20, zigzag_width=2, stage2_steps=4, stride=2, guides=2, reflection=True,
+                            reflection_threshold=0.0, reflection_samples=2, reflection_judge_steps=4,
+                            reflection_ref_chunks=2, solver="unipc", eta=0.0, guidance_scale=5.0, flow_shift=5.0)
+
+
+@pytest.mark.parametrize("method", ["miga", "fifo"])
+def test_long_runs_feed_wan_only_its_schedulers_timesteps(wan_reference, method):
+    """FIFO's ladder and lookahead, MIGA's Stage 1 and 2, guides and reflection candidates: every noisy level a
+    slot holds is fed as one of the timesteps diffusers' UniPC has for that step count and shift."""
+    from miga.backbones.wan import WanModel
+
+    backbone = WanModel.from_pipe(wan_reference[0], height=32, width=32, window_latents=6)
+    config = LONG_MIGA if method == "miga" else miga.preset("wan2.1", "fifo").with_(partitions=2)
+    video = miga.LongVideo(backbone, "a cat", 61, config, seed=0)
+    seen = recorded_timesteps(backbone, lambda: list(video.latents()))
+    steps = config.steps if method == "miga" else config.steps(6)
+    ref = diffusers.UniPCMultistepScheduler(**{**SCHEDULER, "flow_shift": config.flow_shift})
+    ref.set_timesteps(steps)
+    grid = {float(t) for t in ref.timesteps}
+    # and 0 for clean latents (FIFO's lookahead padding), as the DF pipeline feeds finished frames
+    assert seen <= grid | {0.0} and len(seen - {0.0}) == steps
+    if method == "miga":
+        assert video.stats.reflection_checks > 0
+
+
+def test_long_runs_feed_unet3d_only_its_ddim_grid(unet3d_reference):
+    pipe = unet3d_reference[0]
+    backbone = miga.from_pipe(pipe, height=64, width=64, window_latents=6)
+    config = LONG_MIGA.with_(solver="ddim", eta=1.0, flow_shift=None, guidance_scale=9.0)
+    video = miga.LongVideo(backbone, "a red ball", 16, config, seed=0)
+    seen = recorded_timesteps(backbone, lambda: list(video.latents()))
+    ref = diffusers.DDIMScheduler(**MODELSCOPE_SCHEDULER)
+    ref.set_timesteps(config.steps)
+    assert seen <= {float(t) for t in ref.timesteps}

@@ -65,7 +65,8 @@ def builtin_names() -> tuple[str, ...]:
 
 
 def kind_of(model: str) -> BackboneKind | None:
-    """The kind that recognises ``model`` (a name or a path), or None."""
+    """The kind that recognises ``model`` (a name or a path), or None. Recognition reads only small files
+    (configs, headers); a config that cannot be parsed raises a one-line MigaError naming it."""
     return next((kind for kind in kinds() if kind.recognises(model)), None)
 
 
@@ -84,7 +85,8 @@ def load(model: str, **options: Any):
     missing; ``ddim_rescale`` is refused in one line outside VideoCrafter2."""
     kind = kind_of(model)
     if kind is None and not os.path.isfile(model) and (os.path.isdir(model) or "/" in model or os.sep in model):
-        kind = kinds()[-1]
+        options.pop("ddim_rescale", None)  # not a model folder yet: the fallback's error says what is missing
+        return kinds()[-1].load(model, **options)
     if kind is None:
         raise MigaError(unrecognised(model))
     if options.pop("ddim_rescale", False):

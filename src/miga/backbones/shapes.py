@@ -74,7 +74,8 @@ class ShapesModel:
                  verify: bool = True, shift: float = 1.0):
         path = weights or shipped_weights()
         if not os.path.isfile(path):
-            raise MigaError(f"weights file {path} not found; reinstall miga-video or run 'miga train-toy'")
+            hint = "reinstall miga-video" if weights is None else "check the path, or make one with 'miga train-toy'"
+            raise MigaError(f"weights file {path} not found; {hint}")
         if verify and weights is None and WEIGHTS_SHA256 and file_sha256(path) != WEIGHTS_SHA256:
             raise MigaError(f"{path} is corrupt (SHA-256 mismatch); reinstall miga-video")
         from safetensors import safe_open
@@ -117,6 +118,14 @@ class ShapesModel:
         return ShapesDecoder(self.autoencoder)
 
 
+def _is_shapes_weights(path: str) -> bool:
+    """A miga shapes weights file, or a ``.safetensors`` path that does not exist (its loader says so); other
+    ``.safetensors`` files are described by the registry's error for unknown files."""
+    from miga.backbones.unet3d import model_file_error
+
+    return model_file_error(path) is None
+
+
 def load_shapes(model: str = "shapes", *, height: int | None = None, width: int | None = None,
                 device: str | None = None, dtype: str | None = None, **kwargs) -> ShapesModel:
     """``shapes`` (the shipped weights) or a ``.safetensors`` file from ``miga train-toy``."""
@@ -134,4 +143,4 @@ def load_shapes(model: str = "shapes", *, height: int | None = None, width: int 
 KIND = BackboneKind(
     name="shapes", summary="the built-in shapes-world model (64x64 frames, prompts in the shapes grammar)",
     needs="nothing (built in); or a .safetensors weights file from 'miga train-toy'", names=("shapes",),
-    recognises_path=lambda path: path.endswith(".safetensors"), load=load_shapes)
+    recognises_path=lambda path: path.endswith(".safetensors") and _is_shapes_weights(path), load=load_shapes)

@@ -392,4 +392,4 @@ KIND = BackboneKind(
     recognises_path=is_videocrafter2_path,
     load=lambda model, **options: VideoCrafter2Model.from_path(model, **options), options=("ddim_rescale",),
     pipelines=("VideoCrafterPipeline (the community conversion)",), recognises_pipe=is_community_pipe,
-    from_pipe=VideoCrafter2Model.from_pipe, download=f"{CHECKPOINT_HINT}; {TOKENIZER_HINT}")
+    from_pipe=VideoCrafter2Model.from_pipe, download=f"{CHECKPOINT_HINT}; {TOKENIZER_HINT}; or {COMMUNITY_HINT}")

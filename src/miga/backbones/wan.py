@@ -301,16 +301,20 @@ def is_wan_folder(path: str) -> bool:
     names one of their pipelines."""
     config = os.path.join(path, "transformer", "config.json")
     if os.path.isfile(config):
-        return read_json(config).get("_class_name") in TRANSFORMER_CLASSES
+        return _class_name(read_json(config)) in TRANSFORMER_CLASSES
     index = os.path.join(path, "model_index.json")
-    return os.path.isfile(index) and read_json(index).get("_class_name") in PIPELINE_CLASSES
+    return os.path.isfile(index) and _class_name(read_json(index)) in PIPELINE_CLASSES
+
+
+def _class_name(config) -> str | None:
+    return config.get("_class_name") if isinstance(config, dict) else None
 
 
 def is_wan_pipe(pipe) -> bool:
     return bool(pipeline_class_names(pipe) & set(PIPELINE_CLASSES)) and hasattr(pipe, "transformer")
 
 
-PIPELINE_CLASSES = ("WanPipeline", "SkyReelsV2DiffusionForcingPipeline", "SkyReelsV2Pipeline")
+PIPELINE_CLASSES = ("WanPipeline", "SkyReelsV2DiffusionForcingPipeline")
 
 KIND = BackboneKind(
     name="wan", summary="Wan2.1-T2V or SkyReels-V2-DF (diffusers WanTransformer3DModel / SkyReelsV2Transformer3DModel)",
