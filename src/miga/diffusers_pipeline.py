@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from miga.backbones.base import Backbone
+from miga.backbones.diffusers_common import offload_after_use
 from miga.config import FIFOConfig, MIGAConfig, preset as named_preset
 from miga.engine.prompts import PromptSchedule
 from miga.engine.stepper import Stats
@@ -161,8 +162,12 @@ class LongVideoPipeline:
             video = LongVideo(backbone, prompt, num_frames, cfg, seed=seed)
             stats = video.stats
             source = video.latents()
-        frames = _collect(backbone, source, num_frames, output_type, callback_on_frame, progress,
-                          f"{method} {backbone.name}")
+        try:
+            frames = _collect(backbone, source, num_frames, output_type, callback_on_frame, progress,
+                              f"{method} {backbone.name}")
+        finally:
+            if self.pipe is not None:  # model-offloaded modules back on the CPU, as the pipeline's own call ends
+                offload_after_use(getattr(self.pipe, "components", {}).values())
         return LongVideoPipelineOutput(frames=frames, stats=stats) if return_dict else (frames,)
 
 

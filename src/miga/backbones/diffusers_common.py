@@ -120,19 +120,39 @@ def offload_hooks(module) -> list:
 
 
 def execution_device(module) -> torch.device:
-    """Where ``module`` computes: its offload hook's execution device, else where its parameters are."""
+    """Where ``module`` computes: its offload hook's execution device, else where its parameters are (with
+    sequential offload, ``enable_sequential_cpu_offload``, they wait on the meta device: then the execution
+    device of the accelerate hooks on its submodules)."""
     for hook in offload_hooks(module):
         return torch.device(hook.execution_device)
-    return next(module.parameters()).device
+    device = next(module.parameters()).device
+    if device.type == "meta":
+        for sub in module.modules():
+            hook = getattr(sub, "_hf_hook", None)
+            for h in list(getattr(hook, "hooks", None) or [hook]) if hook is not None else []:
+                if getattr(h, "execution_device", None) is not None:
+                    return torch.device(h.execution_device)
+    return device
 
 
 def onload(module) -> torch.device:
     """Before calling a submodule of ``module`` directly (which bypasses the hook on ``module.forward``), do
     what its ``CpuOffload`` hook does before a forward: move it to its execution device (and offload the
-    previous model of the chain). Without such a hook nothing moves. Returns the device it computes on."""
+    previous model of the chain), unless it is there already (the streaming decoders call this per latent;
+    offloading the denoiser every time would move its weights twice per latent). Without such a hook nothing
+    moves. Returns the device it computes on."""
     for hook in offload_hooks(module):
-        hook.pre_forward(module)
+        if next(module.parameters()).device != torch.device(hook.execution_device):
+            hook.pre_forward(module)
     return execution_device(module)
+
+
+def offload_after_use(modules) -> None:
+    """After a call, put back on the CPU every module a ``CpuOffload`` hook manages (what diffusers'
+    ``maybe_free_model_hooks`` leaves at the end of a pipeline call); other modules are not touched."""
+    for module in modules:
+        for hook in offload_hooks(module):
+            hook.init_hook(module)
 
 
 def pipeline_device(pipe) -> torch.device:

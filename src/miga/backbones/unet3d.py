@@ -165,8 +165,8 @@ def per_frame_timesteps(unet, timesteps: torch.Tensor) -> Iterator[torch.Tensor]
 
     def swap(module, args, kwargs):
         nonlocal emb
-        if emb is None:
-            device = next(unet.time_embedding.parameters()).device
+        if emb is None:  # where the block's input is (offload hooks have placed the UNet by now)
+            device = (kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]).device
             emb = unet.time_embedding(unet.time_proj(flat.to(device)).to(unet.dtype), None)
         if "temb" in kwargs:
             kwargs["temb"] = emb

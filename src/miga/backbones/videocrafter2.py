@@ -333,6 +333,10 @@ class VideoCrafter2Model(TextEncoderOffload):
         ``VideoCrafterPipeline``): its UNet is viewed in LVDM's layout as miga's own UNet, sharing the weights'
         memory (no copy, same dtype and device); VAE, text encoder and tokenizer are used as they are. The
         user's modules are not cast or moved. A model-offloaded UNet runs where its weights are now."""
+        if any(p.is_meta for p in pipe.unet.parameters()):
+            raise MigaError("the pipeline's UNet is sequentially offloaded (enable_sequential_cpu_offload: its weights "
+                            "wait on the meta device); miga runs VideoCrafter2's UNet over the weights themselves, so "
+                            "use enable_model_cpu_offload() or no offload")
         try:
             state = lvdm_state_dict_from_diffusers(pipe.unet.state_dict())
             unet = _unet_from_lvdm(state).eval()
