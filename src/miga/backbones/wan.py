@@ -241,7 +241,7 @@ class WanModel(TextEncoderOffload):
         pipeline's execution device; dtype: the transformer's; flow shift: the pipeline scheduler's."""
         if getattr(pipe, "transformer_2", None) is not None:
             raise MigaError("this WanPipeline has two transformers (Wan2.2 A14B's two experts); miga runs one "
-                            "transformer per model: Wan2.1-T2V, Wan2.2-TI2V-5B or SkyReels-V2-DF")
+                            "transformer per model (Wan2.1-T2V, SkyReels-V2-DF)")
         config = getattr(getattr(pipe, "scheduler", None), "config", None) or {}
         shift = config.get("flow_shift") if config.get("use_flow_sigmas", True) else None
         shift = shift if shift is not None else config.get("shift")  # FlowMatchEulerDiscreteScheduler
