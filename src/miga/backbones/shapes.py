@@ -21,7 +21,7 @@ from miga.backbones.base import NoiseLevels
 from miga.backbones.registry import BackboneKind, builtin_options
 from miga.engine.schedules import ScheduleConfig
 from miga.errors import MigaError
-from miga.toy.nets import FrameAutoencoder, SpaceTimeDenoiser, ToyConfig
+from miga.toy.nets import FrameAutoencoder, ToyConfig, make_denoiser
 from miga.worlds.shapes import parse_prompt
 
 WEIGHTS_FILE = "shapes.safetensors"
@@ -93,7 +93,7 @@ class ShapesModel:
         self.training = json.loads(meta.get("training", "{}"))
         self.device = torch.device(device)
         self.autoencoder = FrameAutoencoder(cfg)
-        self.denoiser = SpaceTimeDenoiser(cfg)
+        self.denoiser = make_denoiser(cfg)
         for prefix, module in (("autoencoder.", self.autoencoder), ("denoiser.", self.denoiser)):
             module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
             module.to(self.device).eval().requires_grad_(False)

@@ -9,7 +9,7 @@ noise level per clip.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -20,7 +20,13 @@ from miga.worlds.shapes import TOKEN_SIZES
 
 @dataclass(frozen=True)
 class ToyConfig:
-    """Architecture of the built-in model (stored with its weights)."""
+    """Architecture of the built-in model (stored with its weights).
+
+    ``arch``: ``conv`` (model v1: spatial and dilated temporal convolutions) or ``attention`` (model v2,
+    in the mould of VideoCrafter2: per-block spatial conv, spatial self-attention, temporal conv and temporal
+    self-attention with a relative-position bias, so that windows longer than f_0 stay defined);
+    ``heads``: attention heads (v2); ``max_distance``: frame distances beyond it share one relative bias.
+    """
 
     frame_size: int = 64
     latent_channels: int = 4
@@ -29,11 +35,24 @@ class ToyConfig:
     depth: int = 6
     embed: int = 128
     native_frames: int = 16
+    arch: str = "conv"
+    heads: int = 4
+    max_distance: int = 16
 
     @classmethod
     def tiny(cls) -> "ToyConfig":
         """A few thousand parameters at 32x32: for smoke tests of training and loading, not for looks."""
         return cls(frame_size=32, ae_widths=(8, 8, 8), width=16, depth=2, embed=32)
+
+    @classmethod
+    def v2(cls) -> "ToyConfig":
+        """Model v2: temporal self-attention (VideoCrafter2-like), sized for a 2-core CPU budget."""
+        return cls(arch="attention", width=64, depth=4, embed=128, heads=4)
+
+    @classmethod
+    def tiny_v2(cls) -> "ToyConfig":
+        """Model v2's architecture at smoke-test size."""
+        return cls(frame_size=32, ae_widths=(8, 8, 8), width=16, depth=2, embed=32, arch="attention", heads=2)
 
     @property
     def latent_size(self) -> int:
@@ -166,3 +185,104 @@ class SpaceTimeDenoiser(nn.Module):
         for block in self.blocks:
             h = block(h, emb)
         return self.out(F.silu(self.out_norm(h)))
+
+
+# ---------------------------------------------------------------------------------------------- model v2
+class TemporalSelfAttention(nn.Module):
+    """Self-attention along time at every spatial position, with a learned bias per head and frame distance
+    (distances beyond ``max_distance`` share the last bias) and no absolute positions: the module the
+    long-video baselines (FreeNoise, FreeLong, FreePCA) act on. ``policy``, when set, replaces the attention
+    itself: ``policy(q, k, v, bias) -> out`` on ``[B·H·W, heads, F, d]`` tensors."""
+
+    def __init__(self, width: int, heads: int, max_distance: int):
+        super().__init__()
+        self.heads, self.max_distance = heads, max_distance
+        self.norm = FrameNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.distance_bias = nn.Parameter(torch.zeros(heads, 2 * max_distance + 1))
+        self.policy = None
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def bias(self, frames: int, device) -> torch.Tensor:
+        """``[heads, F, F]`` additive attention bias from the signed frame distance."""
+        t = torch.arange(frames, device=device)
+        d = (t[None, :] - t[:, None]).clamp(-self.max_distance, self.max_distance) + self.max_distance
+        return self.distance_bias[:, d]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, f, h, w = x.shape
+        tokens = self.norm(x).permute(0, 3, 4, 2, 1).reshape(b * h * w, f, c)
+        q, k, v = self.qkv(tokens).reshape(b * h * w, f, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        bias = self.bias(f, x.device).to(q.dtype)
+        if self.policy is not None:
+            out = self.policy(q, k, v, bias)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        out = self.proj(out.transpose(1, 2).reshape(b * h * w, f, c))
+        return x + out.reshape(b, h, w, f, c).permute(0, 4, 3, 1, 2)
+
+
+class SpatialSelfAttention(nn.Module):
+    """Self-attention over the h·w positions of each frame on its own (frames never mix here)."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm = FrameNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, f, h, w = x.shape
+        tokens = self.norm(x).permute(0, 2, 3, 4, 1).reshape(b * f, h * w, c)
+        q, k, v = self.qkv(tokens).reshape(b * f, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = self.proj(out.transpose(1, 2).reshape(b * f, h * w, c))
+        return x + out.reshape(b, f, h, w, c).permute(0, 4, 1, 2, 3)
+
+
+class AttentionBlock(nn.Module):
+    """FiLM'd spatial conv (per frame), spatial self-attention, temporal conv, temporal self-attention, MLP."""
+
+    def __init__(self, width: int, embed: int, heads: int, max_distance: int):
+        super().__init__()
+        self.conv = SpaceTimeBlock(width, embed, dilation=1)  # FiLM + 3x3 spatial conv + temporal conv (k=3)
+        self.spatial_attention = SpatialSelfAttention(width, heads)
+        self.temporal_attention = TemporalSelfAttention(width, heads, max_distance)
+        self.mlp_norm = FrameNorm(width)
+        self.mlp = nn.Sequential(nn.Conv3d(width, 2 * width, 1), nn.SiLU(), nn.Conv3d(2 * width, width, 1))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x, emb)
+        x = self.spatial_attention(x)
+        x = self.temporal_attention(x)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class AttentionDenoiser(SpaceTimeDenoiser):
+    """Model v2's denoiser: :class:`SpaceTimeDenoiser`'s embeddings, input and output, with
+    :class:`AttentionBlock` s. Same call: ``forward(x [B, C, F, h, w], timesteps [B, F], tokens [B, 7])``."""
+
+    def __init__(self, cfg: ToyConfig):
+        super().__init__(replace(cfg, depth=0))
+        self.blocks = nn.ModuleList(AttentionBlock(cfg.width, cfg.embed, cfg.heads, cfg.max_distance)
+                                    for _ in range(cfg.depth))
+
+    def temporal_attentions(self) -> list[TemporalSelfAttention]:
+        """The temporal self-attention modules, in order (where attention policies attach)."""
+        return [block.temporal_attention for block in self.blocks]
+
+
+def make_denoiser(cfg: ToyConfig) -> nn.Module:
+    """The denoiser of ``cfg.arch``: ``conv`` (v1) or ``attention`` (v2)."""
+    if cfg.arch == "conv":
+        return SpaceTimeDenoiser(cfg)
+    if cfg.arch == "attention":
+        return AttentionDenoiser(cfg)
+    raise ValueError(f"unknown denoiser architecture {cfg.arch!r}")

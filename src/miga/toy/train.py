@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from miga.errors import MigaError
-from miga.toy.nets import FrameAutoencoder, SpaceTimeDenoiser, ToyConfig
+from miga.toy.nets import FrameAutoencoder, ToyConfig, make_denoiser
 from miga.worlds.shapes import batch_tokens, render, sample_scenes, sample_trajectories
 
 CHECKPOINT = "checkpoint.pt"
@@ -45,7 +45,9 @@ class TrainConfig:
         ema: decay of the exponential moving average of the denoiser's weights (the shipped weights).
         cond_dropout: probability of training a clip unconditionally (classifier-free guidance).
         two_objects: fraction of scenes with two objects.
-        logit_normal_std: σ = sigmoid(N(0, std²)) per clip.
+        logit_normal_std: σ = sigmoid(N(0, std²)) per clip (or per frame).
+        per_frame_noise: draw σ for every frame on its own (diffusion forcing, the ``shapes-df`` model)
+            instead of one σ per clip (how foundation video models are trained; the default).
         checkpoint_every: steps between checkpoints.
     """
 
@@ -64,6 +66,7 @@ class TrainConfig:
     two_objects: float = 0.25
     logit_normal_std: float = 1.0
     checkpoint_every: int = 200
+    per_frame_noise: bool = False
 
     def validate(self) -> "TrainConfig":
         for f in ("ae_steps", "steps"):
@@ -98,7 +101,7 @@ class ToyTrainer:
         self.model_cfg = model
         torch.manual_seed(train.seed)
         self.ae = FrameAutoencoder(model)
-        self.denoiser = SpaceTimeDenoiser(model)
+        self.denoiser = make_denoiser(model)
         self.ema = {k: v.detach().clone() for k, v in self.denoiser.state_dict().items()}
         self.ae_opt = torch.optim.AdamW(self.ae.parameters(), lr=train.ae_lr, weight_decay=0.0)
         self.opt = torch.optim.AdamW(self.denoiser.parameters(), lr=train.lr, weight_decay=0.0)
@@ -195,11 +198,14 @@ class ToyTrainer:
                                                             cfg.latent_size).transpose(1, 2)
         drop = torch.rand(b, generator=g) < t.cond_dropout
         tokens = torch.where(drop[:, None], torch.zeros_like(tokens), tokens)
-        sigma = torch.sigmoid(t.logit_normal_std * torch.randn(b, generator=g))  # one level per clip
+        if t.per_frame_noise:  # diffusion forcing: every frame at its own level
+            sigma = torch.sigmoid(t.logit_normal_std * torch.randn(b, f, generator=g))
+        else:  # one level per clip
+            sigma = torch.sigmoid(t.logit_normal_std * torch.randn(b, generator=g)).reshape(b, 1).expand(b, f)
         noise = torch.randn(x0.shape, generator=g)
-        s = sigma.reshape(b, 1, 1, 1, 1)
+        s = sigma.reshape(b, 1, f, 1, 1)
         xt = (1 - s) * x0 + s * noise
-        v = self.denoiser(xt, (sigma * 1000).reshape(b, 1).expand(b, f), tokens)
+        v = self.denoiser(xt, sigma * 1000, tokens)
         loss = F.mse_loss(v, noise - x0)
         lr = t.lr * min(1.0, (self.step + 1) / max(1, t.warmup))
         for group in self.opt.param_groups:

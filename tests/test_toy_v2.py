@@ -1,0 +1,81 @@
+"""Model v2's denoiser (temporal self-attention, relative frame distances) on tiny random weights."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from miga.toy.nets import AttentionDenoiser, ToyConfig, make_denoiser
+
+TINY = ToyConfig.tiny_v2()
+TOKENS = torch.tensor([[1, 1, 4, 9, 1, 1, 1]])
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    model = make_denoiser(TINY)
+    for p in model.parameters():  # zero-initialised output layers would hide every dependence
+        torch.nn.init.normal_(p, std=0.1)
+    return model.eval()
+
+
+def test_the_v2_config_builds_the_attention_denoiser():
+    assert isinstance(make_denoiser(ToyConfig.v2()), AttentionDenoiser)
+    assert ToyConfig.from_dict(ToyConfig.v2().to_dict()) == ToyConfig.v2()
+    assert ToyConfig.from_dict({k: v for k, v in ToyConfig().to_dict().items()
+                                if k not in ("arch", "heads", "max_distance")}).arch == "conv"  # v1 files
+    with pytest.raises(ValueError, match="unknown denoiser architecture"):
+        make_denoiser(ToyConfig(arch="mamba"))
+
+
+def test_each_frame_honours_its_own_timestep(net):
+    x = torch.randn(1, 4, 16, 4, 4)
+    same = net(x, torch.full((1, 16), 500.0), TOKENS)
+    ts = torch.full((1, 16), 500.0)
+    ts[0, 3] = 100.0
+    moved = (net(x, ts, TOKENS) - same).abs().mean(dim=(0, 1, 3, 4))
+    # frame 3 moves most; its neighbours through the temporal conv (kernel 3); the rest far less (attention)
+    assert moved[3] == moved.max() and moved[3] > 1e-4
+    assert moved[2:5].min() > 20 * torch.cat([moved[:2], moved[5:]]).max()
+
+
+def test_windows_longer_than_f0_are_defined_and_time_has_no_absolute_position(net):
+    """No absolute temporal position: the same frames shifted in time inside a longer window give the same
+    outputs away from the window's ends (only relative distances and the zero-padded temporal conv count)."""
+    torch.manual_seed(1)
+    x = torch.randn(1, 4, 24, 4, 4)
+    t = torch.full((1, 24), 400.0)
+    out = net(x, t, TOKENS)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    shifted = net(torch.roll(x, 3, dims=2), t, TOKENS)
+    # with zero padding at the ends, frames far from both ends differ only through attention's reach
+    assert not torch.allclose(out, shifted)  # content moved, so outputs moved
+    a = net(x[:, :, :16], t[:, :16], TOKENS)
+    b = net(torch.cat([x[:, :, :16], x[:, :, :16]], dim=2), torch.full((1, 32), 400.0), TOKENS)
+    assert torch.isfinite(b).all() and b.shape[2] == 32 and a.shape[2] == 16
+
+
+def test_a_temporal_attention_policy_replaces_the_attention(net):
+    x = torch.randn(1, 4, 16, 4, 4)
+    t = torch.full((1, 16), 300.0)
+    plain = net(x, t, TOKENS)
+    calls = []
+
+    def same(q, k, v, bias):
+        calls.append(q.shape)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+    def local(q, k, v, bias):  # attend to the frame itself only
+        return v
+
+    for module in net.temporal_attentions():
+        module.policy = same
+    try:
+        torch.testing.assert_close(net(x, t, TOKENS), plain)
+        assert len(calls) == TINY.depth and calls[0][2] == 16
+        for module in net.temporal_attentions():
+            module.policy = local
+        assert (net(x, t, TOKENS) - plain).abs().max() > 1e-3
+    finally:
+        for module in net.temporal_attentions():
+            module.policy = None
