@@ -1,9 +1,16 @@
 """An exact Gaussian video world: a weight-free backbone whose denoiser is the true posterior mean.
 
-Per channel ``x0 = mu[c] + z`` with ``z ~ N(0, K_T ⊗ Σ_S)``: ``K_T[i, j] = rho**|i-j|`` (AR(1) in time)
-and ``Σ_S`` circulant with power spectrum ``P(k) ∝ (|k|² + k0²)^(-beta)``, normalised to unit per-pixel
-variance. The orthonormal 2-D FFT decouples spatial frequencies, so denoising a window with arbitrary
-per-frame noise levels is one small F×F linear map per frequency (evaluation.md Sec. 3.2).
+Each video is ``x0 = mu[c] + z`` with ``z = identity + motion`` per channel: the *identity* is one spatially
+correlated field per video, constant in time (variance ``s_id²``); the *motion* is an AR(1) process in time
+(``rho``, variance ``s_m² = 1 - s_id²``). Both have the spatial covariance ``Σ_S``, circulant with power
+spectrum ``P(k) ∝ (|k|² + k0²)^(-beta)`` normalised to unit per-pixel variance, so
+``z ~ N(0, K_T ⊗ Σ_S)`` with ``K_T[i, j] = s_id² + s_m² rho**|i-j|``: per spatial frequency the temporal
+covariance is ``P(k) (s_id² + s_m² rho**|t-s|)``, the correlation of frames at lag d is
+``s_id² + s_m² rho**d`` (it never falls below ``s_id²``: a long video has an identity to keep), and the total
+variance is 1 whatever ``s_id``. ``identity_share = s_id² = 0`` is the stationary AR(1) world of earlier
+versions, exactly. The orthonormal 2-D FFT decouples spatial frequencies, so denoising a window with
+arbitrary per-frame noise levels is one small F×F linear map per frequency (evaluation.md Sec. 3.2); it stays
+exact with the identity because identity and motion are jointly Gaussian (only ``K_T`` changes).
 """
 
 from __future__ import annotations
@@ -49,7 +56,13 @@ class GaussianDecoder:
 
 
 class GaussianWorld:
-    """Backbone with an exact x0 denoiser under a stationary Gaussian video prior.
+    """Backbone with an exact x0 denoiser under a stationary Gaussian video prior with a persistent identity.
+
+    ``identity_share`` is ``s_id²``, the share of each pixel's variance held by the video's identity (a
+    field constant in time); the rest, ``s_m² = 1 - s_id²``, is AR(1) motion with coefficient ``rho``. The
+    default 0.5 puts the correlation of far-apart frames at 0.5, halfway between a video that forgets its
+    identity (0) and a frozen one (1), so drift and freezing show equally, while half the variance still
+    moves (lag 1: 0.95 with ``rho = 0.9``). ``identity_share=0`` is the AR(1) world without identity.
 
     ``mode="exact"`` uses every frame's own noise level; ``mode="clip"`` mimics a model trained with one
     level per clip by replacing all frames' (alpha, sigma) with their window means.
@@ -74,6 +87,7 @@ class GaussianWorld:
         rho: float = 0.9,
         beta: float = 1.2,
         k0: float = 1.0,
+        identity_share: float = 0.5,
         mode: Literal["exact", "clip"] = "exact",
         device: str | torch.device = "cpu",
     ):
@@ -86,9 +100,13 @@ class GaussianWorld:
             raise MigaError(f"rho must lie in (-1, 1), got {rho}")
         if k0 <= 0:
             raise MigaError(f"k0 must be > 0, got {k0}")
+        if not 0.0 <= identity_share < 1.0:
+            raise MigaError(f"identity_share (the identity's share of the variance, s_id^2) must lie in [0, 1), "
+                            f"got {identity_share}")
         if mode not in ("exact", "clip"):
             raise MigaError(f"mode must be 'exact' or 'clip', got {mode!r}")
         self.channels, self.rho, self.beta, self.k0, self.mode = channels, rho, beta, k0, mode
+        self.identity_share = float(identity_share)
         self.native_frames = native_frames
         self.device = torch.device(device)
         h, w = height // 8, width // 8
@@ -109,19 +127,40 @@ class GaussianWorld:
 
     # ----------------------------------------------------------------------------------- prior
 
+    def lag_correlation(self, lag):
+        """The prior's correlation of frames ``lag`` apart, ``s_id² + s_m² rho**|lag|`` (a float, or an
+        array for an array of lags); also every frequency's temporal correlation."""
+        s_id2 = self.identity_share
+        value = s_id2 + (1.0 - s_id2) * self.rho ** np.abs(np.asarray(lag, dtype=np.float64))
+        return float(value) if value.ndim == 0 else value
+
     def temporal_kernel(self, frames: int) -> torch.Tensor:
-        """``K_T[i, j] = rho**|i-j|``, float64 ``[frames, frames]``."""
+        """``K_T[i, j] = s_id² + s_m² rho**|i-j|``, float64 ``[frames, frames]``."""
         t = torch.arange(frames, dtype=torch.float64, device=self.device)
-        return self.rho ** (t[:, None] - t[None, :]).abs()
+        motion = self.rho ** (t[:, None] - t[None, :]).abs()
+        if not self.identity_share:
+            return motion
+        return self.identity_share + (1.0 - self.identity_share) * motion
+
+    def _colour(self, white: torch.Tensor) -> torch.Tensor:
+        """White noise ``[..., H, W]`` -> a field with the spatial spectrum P (FFT colouring)."""
+        return torch.fft.ifft2(torch.fft.fft2(white, norm="ortho") * self.spectrum.sqrt(), norm="ortho").real
 
     def sample_prior(
         self, frames: int, generator: torch.Generator | None = None, mu: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Exact prior draw ``[C, frames, H, W]`` (float64): FFT colouring in space, Cholesky in time."""
+        """Exact prior draw ``[C, frames, H, W]`` (float64): ``s_m`` times AR(1) motion (Cholesky in time)
+        plus ``s_id`` times one identity field per channel, both coloured by FFT in space. The motion's noise
+        is drawn first, so with ``identity_share=0`` a generator gives the draws of the AR(1) world."""
         c, h, w = self.latent_shape
         white = torch.randn(c, frames, h, w, generator=generator, dtype=torch.float64, device=self.device)
-        spatial = torch.fft.ifft2(torch.fft.fft2(white, norm="ortho") * self.spectrum.sqrt(), norm="ortho").real
-        z = torch.einsum("ij,cjhw->cihw", torch.linalg.cholesky(self.temporal_kernel(frames)), spatial)
+        t = torch.arange(frames, dtype=torch.float64, device=self.device)
+        ar1 = self.rho ** (t[:, None] - t[None, :]).abs()
+        z = torch.einsum("ij,cjhw->cihw", torch.linalg.cholesky(ar1), self._colour(white))
+        if self.identity_share:
+            identity = self._colour(torch.randn(c, 1, h, w, generator=generator, dtype=torch.float64,
+                                                device=self.device))
+            z = (1.0 - self.identity_share) ** 0.5 * z + self.identity_share**0.5 * identity
         return z if mu is None else z + mu.to(z)[:, None, None, None]
 
     # ----------------------------------------------------------------------------------- backbone
@@ -174,7 +213,9 @@ class GaussianWorld:
 
 
 def video_statistics(latents: torch.Tensor, mu: torch.Tensor | None = None) -> dict[str, float]:
-    """Pooled lag-1 temporal correlation and mean square of ``latents - mu`` (``[C, F, H, W]``)."""
+    """Pooled lag-1 temporal correlation and mean square of ``latents - mu`` (``[C, F, H, W]``); the prior's
+    values are ``GaussianWorld.lag_correlation(1)`` (``s_id² + s_m² rho``) and 1. Longer lags and the
+    identity: :mod:`miga.evaluation.identity`."""
     z = latents.detach().to(torch.float64)
     if mu is not None:
         z = z - mu.to(z)[:, None, None, None]
