@@ -79,3 +79,26 @@ def test_a_temporal_attention_policy_replaces_the_attention(net):
     finally:
         for module in net.temporal_attentions():
             module.policy = None
+
+
+@pytest.mark.parametrize("recipe, per_frame", [("v2", False), ("df", True)])
+def test_train_toy_v2_and_df_recipes_train_resume_and_load(tmp_path, capsys, recipe, per_frame):
+    import miga
+    from miga import cli
+    from miga.toy.train import CHECKPOINT, WEIGHTS
+
+    run = str(tmp_path / recipe)
+    args = ["train-toy", run, "--model-size", "tiny", "--ae-steps", "2", "--batch", "2", "--no-progress"]
+    assert cli.main(args + ["--recipe", recipe, "--steps", "1"]) == 0
+    state = torch.load(f"{run}/{CHECKPOINT}", weights_only=True)
+    assert state["train"]["hidden_attributes"] and state["train"]["per_frame_noise"] == per_frame
+    assert state["model"]["arch"] == "attention"
+    assert cli.main(args + ["--steps", "2"]) == 0  # resumed without --recipe: keeps its own
+    assert "resuming" in capsys.readouterr().err
+    other = "v1" if recipe == "df" else "df"
+    assert cli.main(args + ["--recipe", other, "--steps", "3"]) == 2  # another recipe is refused
+    assert "different" in capsys.readouterr().err
+    model = miga.load_backbone(f"{run}/{WEIGHTS}")
+    assert isinstance(model.denoiser, AttentionDenoiser) and model.training["per_frame_noise"] == per_frame
+    frames = list(miga.LongVideo(model, "a red circle bouncing", 18, seed=1).frames())
+    assert len(frames) == 18 and frames[0].shape == (32, 32, 3)

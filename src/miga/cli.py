@@ -108,9 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
         "training completes, RUN_DIR/shapes.safetensors holds the weights (use them with --model FILE)."))
     t.add_argument("run_dir", metavar="RUN_DIR", help="where checkpoints, loss.png and the weights go")
     t.add_argument("--seed", type=int, help="weights and data stream derive from it (default 0)")
+    t.add_argument("--recipe", choices=("v1", "v2", "df"), help="what to train: v1 (the shipped model: "
+                   "convolutions, the v1 world; the default for a new run), v2 (temporal self-attention, the world "
+                   "with hidden attributes, one noise level per clip) or df (v2 trained with a noise level per frame, "
+                   "diffusion forcing); a resumed run keeps its own")
     t.add_argument("--model-size", choices=("default", "tiny"), default="default",
-                   help="architecture: the shipped one, or a tiny one for smoke tests")
-    t.add_argument("--steps", type=_number(minimum=0), help="denoiser steps (default 5000; may change on resume)")
+                   help="architecture: the recipe's own, or a tiny one for smoke tests")
+    t.add_argument("--steps", type=_number(minimum=0), help="denoiser steps (default 5000 for v1, 12000 for v2 and "
+                   "df; may change on resume)")
     t.add_argument("--ae-steps", type=_number(minimum=0), help="autoencoder steps (default 3000)")
     t.add_argument("--batch", type=_number(), help="clips per denoiser step (default 16)")
     t.add_argument("--checkpoint-every", type=_number(), metavar="N", help="steps between checkpoints (default 200)")
@@ -486,8 +491,16 @@ def train_toy(args) -> int:
     given = {k: v for k, v in given.items() if v is not None}
     resuming = os.path.exists(os.path.join(args.run_dir, CHECKPOINT)) and not args.fresh
     saved = saved_recipe(args.run_dir) if resuming else None
-    recipe = replace(saved, **given) if saved is not None else TrainConfig(**given)
-    model = ToyConfig.tiny() if args.model_size == "tiny" else ToyConfig()
+    recipes = {"v1": (TrainConfig, ToyConfig(), ToyConfig.tiny()),
+               "v2": (TrainConfig.v2, ToyConfig.v2(), ToyConfig.tiny_v2()),
+               "df": (TrainConfig.df, ToyConfig.v2(), ToyConfig.tiny_v2())}
+    if saved is not None and args.recipe is None:  # a resumed run keeps its own recipe and architecture
+        recipe = replace(saved, **given)
+        name = "df" if saved.per_frame_noise else "v2" if saved.hidden_attributes else "v1"
+    else:
+        name = args.recipe or "v1"
+        recipe = recipes[name][0](**given)
+    model = recipes[name][2 if args.model_size == "tiny" else 1]
     trainer = start_or_resume(args.run_dir, recipe, model, fresh=args.fresh)
     if resuming:
         print(f"miga: resuming {args.run_dir} at autoencoder step {trainer.ae_step}, denoiser step {trainer.step}",

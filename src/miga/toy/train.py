@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from miga.errors import MigaError
 from miga.toy.nets import FrameAutoencoder, ToyConfig, make_denoiser
-from miga.worlds.shapes import batch_tokens, render, sample_scenes, sample_trajectories
+from miga.worlds.shapes import batch_tokens, world_batch
 
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "shapes.safetensors"
@@ -48,6 +48,8 @@ class TrainConfig:
         logit_normal_std: σ = sigmoid(N(0, std²)) per clip (or per frame).
         per_frame_noise: draw σ for every frame on its own (diffusion forcing, the ``shapes-df`` model)
             instead of one σ per clip (how foundation video models are trained; the default).
+        hidden_attributes: train on the world with hidden attributes (model v2 and ``shapes-df``;
+            ``miga.worlds.shapes.sample_hidden``) rather than the v1 world.
         checkpoint_every: steps between checkpoints.
     """
 
@@ -67,6 +69,17 @@ class TrainConfig:
     logit_normal_std: float = 1.0
     checkpoint_every: int = 200
     per_frame_noise: bool = False
+    hidden_attributes: bool = False
+
+    @classmethod
+    def v2(cls, **changes) -> "TrainConfig":
+        """Model v2's recipe: the world with hidden attributes, one noise level per clip, 12,000 steps."""
+        return replace(cls(hidden_attributes=True, steps=12000), **changes)
+
+    @classmethod
+    def df(cls, **changes) -> "TrainConfig":
+        """``shapes-df``: model v2's recipe with an independent noise level per frame (diffusion forcing)."""
+        return replace(cls.v2(per_frame_noise=True), **changes)
 
     def validate(self) -> "TrainConfig":
         for f in ("ae_steps", "steps"):
@@ -84,12 +97,11 @@ def _key(seed: int, stage: str, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + code) * 10_000_019 + step)
 
 
-def world_clips(n: int, frames: int, g: torch.Generator, cfg: ToyConfig, two_objects: float):
-    """``n`` random clips ``[n, F, 3, S, S]``, their prompt tokens ``[n, 7]`` and object masks ``[n, F, S, S]``."""
-    scenes = sample_scenes(n, g, two_objects)
-    traj = sample_trajectories(scenes, frames, g, cfg.frame_size)
-    clips, mask = render(scenes, traj, cfg.frame_size, with_mask=True)
-    return clips, batch_tokens(scenes), mask
+def world_clips(n: int, frames: int, g: torch.Generator, cfg: ToyConfig, two_objects: float, hidden: bool = False):
+    """``n`` random clips ``[n, F, 3, S, S]``, their prompt tokens ``[n, 7]`` and object masks ``[n, F, S, S]``
+    (with ``hidden``: the world with hidden attributes)."""
+    batch = world_batch(n, frames, g, cfg.frame_size, two_objects, hidden=hidden)
+    return batch.frames, batch_tokens(batch.scenes), batch.mask
 
 
 class ToyTrainer:
@@ -162,7 +174,7 @@ class ToyTrainer:
     def ae_train_step(self) -> float:
         t = self.train
         g = _key(t.seed, "ae", self.ae_step)
-        clips, _, mask = world_clips(t.ae_batch, 1, g, self.model_cfg, t.two_objects)
+        clips, _, mask = world_clips(t.ae_batch, 1, g, self.model_cfg, t.two_objects, t.hidden_attributes)
         frames = clips[:, 0]
         z = self.ae.encode_raw(frames)
         z_noisy = z + t.ae_latent_noise * z.detach().std() * torch.randn(z.shape, generator=g)
@@ -182,7 +194,7 @@ class ToyTrainer:
     def measure_latent_stats(self) -> None:
         """Per-channel mean and std of the autoencoder's latents over 512 world frames."""
         g = _key(self.train.seed, "stats", 0)
-        clips, _, _ = world_clips(512, 1, g, self.model_cfg, self.train.two_objects)
+        clips, _, _ = world_clips(512, 1, g, self.model_cfg, self.train.two_objects, self.train.hidden_attributes)
         z = self.ae.encode_raw(clips[:, 0])
         self.ae.latent_mean.copy_(z.mean(dim=(0, 2, 3)))
         self.ae.latent_std.copy_(z.std(dim=(0, 2, 3)))
@@ -191,7 +203,7 @@ class ToyTrainer:
     def denoiser_train_step(self) -> float:
         t, cfg = self.train, self.model_cfg
         g = _key(t.seed, "denoiser", self.step)
-        clips, tokens, _ = world_clips(t.batch, cfg.native_frames, g, cfg, t.two_objects)
+        clips, tokens, _ = world_clips(t.batch, cfg.native_frames, g, cfg, t.two_objects, t.hidden_attributes)
         b, f = clips.shape[:2]
         with torch.no_grad():
             x0 = self.ae.encode(clips.flatten(0, 1)).reshape(b, f, cfg.latent_channels, cfg.latent_size,
