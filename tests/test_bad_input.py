@@ -137,7 +137,7 @@ CASES = [
     (["eval", "{d}/out.mp4", "--latents", "{d}/missing.safetensors"], "no such file"),
     (["eval", "{d}/out.mp4", "--latents", "{d}/lat.safetensors", "--latents", "{d}/lat.safetensors"], "once per video"),
     (["eval", "{d}/out.mp4", "--prompt", "a red circle"], "--world shapes only"),
-    (["eval", "{d}/out.mp4", "--world", "shapes", "--plot", "{d}/plot.png"], "not --world"),
+    (["eval", "{d}/out.mp4", "--world", "shapes", "--dino", "{d}"], "--world"),
     (["eval", "{d}/out.mp4", "--world", "shapes", "--prompt", "drifting clouds"], "unknown word"),
     # ---- miga ablate
     (["ablate", "--out", "{d}/abl", "--frames", "2"], "--frames"),

@@ -55,8 +55,11 @@ def test_eval_ground_truth_from_metadata(tmp_path, capsys):
     report = tmp_path / "r.json"
     code, out, err = run(capsys, "eval", "--world", "shapes", str(a), str(b), "--json", str(report))
     assert code == 0, err
-    lines = out.strip().splitlines()
+    table, notes = out.strip().split("\n\n")
+    lines = table.splitlines()
     assert len(lines) == 3 and lines[0].split()[:4] == ["video", "frames", "present", "shape"]
+    assert "drift" not in lines[0] and "no video reaches 64 frames" in notes  # 12 and 20 frames: no identity drift
+    assert f"{b}: identity measured on the first prompt's frames 0-9 only" in notes
     assert lines[1].startswith(str(a)) and "100.0%" in lines[1] and " px" in lines[1]
     data = json.loads(report.read_text())
     assert data["world"] == "shapes" and data["thresholds"]["COLOUR_TOLERANCE"] > 0

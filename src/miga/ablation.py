@@ -13,13 +13,19 @@ and the sweeps vary one field of the full MIGA preset (``threshold``: delta_adju
 For each (row, prompt, seed) a video is generated with :class:`~miga.pipeline.LongVideo`, written to an
 MP4 and decoded again, so that every metric comes from the file, as VBench does: the four VBench-Long
 quality scores (:func:`miga.evaluation.evaluate_video`) and, for the shapes model, the shapes-world metrics
-(:func:`miga.worlds.metrics.evaluate_frames`). NFE per frame and seconds per frame (the wall time of
+(:func:`miga.worlds.metrics.evaluate_frames`). Identity drift is measured for the shapes model (hidden
+attributes from the decoded video against a true world clip: :func:`miga.cli.shapes_identity`) and the
+Gaussian worlds (the block-mean identity's correlation from the latents, saved beside each video:
+:func:`miga.evaluation.identity.identity_metrics`), as ``miga eval --world shapes|gaussian`` does. NFE per
+frame and seconds per frame (the wall time of
 generation alone: not the MP4 encoding, not the metrics) come from the run. Rows are the mean over prompts
 and seeds; ``results.json`` also keeps the standard deviation, min, max and every run.
 
 Runs are stored under ``OUT/runs/`` by a digest of what determines them (model, frame size, frames, config,
 prompt, seed): a run whose record exists is not repeated (resume), and two rows with the same config (e.g. the
-sweep value that equals the preset) share their runs.
+sweep value that equals the preset) share their runs. A record made before identity drift was measured gets it
+added (from its video; for a Gaussian world whose latents were not saved then, the latents are generated
+again, deterministically, and the video and its numbers are kept).
 """
 
 from __future__ import annotations
@@ -199,27 +205,48 @@ def plan(rows: Sequence[Row], preset_name: str, native_frames: int, prompts: Seq
     return configs, list(runs.values())
 
 
-def _generate(backbone, run: Run, frames: int, path: str) -> dict:
-    """Generate one video into ``path``; the generation numbers (seconds: frames only, no encoding)."""
+def _latent_writer(backbone, video, path: str):
+    """A ``--save-latents`` file writer for ``video`` (the metadata ``miga generate`` stores)."""
+    from miga.evaluation.latents import LatentWriter
+
+    cfg, miga_cfg = video.config, isinstance(video.config, MIGAConfig)
+    meta = {"frames": video.num_frames, "frames_per_latent": backbone.frames_per_latent, "fps": backbone.fps,
+            "method": "miga" if miga_cfg else "fifo", "chunk": cfg.zigzag_width if miga_cfg else 1,
+            "refs": cfg.reflection_ref_chunks if miga_cfg else 1,
+            "score_mode": cfg.score_mode if miga_cfg else "frame"}
+    return LatentWriter(path, video.num_latents, tuple(backbone.latent_shape), meta)
+
+
+def _generate(backbone, run: Run, frames: int, path: str, latents_path: str | None = None) -> dict:
+    """Generate one video into ``path`` (and its latents into ``latents_path``, if given, as ``miga generate
+    --save-latents`` writes them); the generation numbers (seconds: frames only, no encoding)."""
     from miga.pipeline import LongVideo
     from miga.video import VideoWriter, prompts_metadata
 
     t0 = time.perf_counter()
     video = LongVideo(backbone, run.prompt, frames, run.config, seed=run.seed)
-    it = video.frames()
+    latents = _latent_writer(backbone, video, latents_path) if latents_path else None
+    it = video.frames() if latents is None else video.frames(on_latent=latents.write)
     seconds = time.perf_counter() - t0
     shape = None
-    with VideoWriter(path, backbone.fps, metadata=prompts_metadata([(0, run.prompt)])) as writer:
-        while True:
-            t = time.perf_counter()
-            try:
-                frame = next(it)
-            except StopIteration:
+    try:
+        with VideoWriter(path, backbone.fps, metadata=prompts_metadata([(0, run.prompt)])) as writer:
+            while True:
+                t = time.perf_counter()
+                try:
+                    frame = next(it)
+                except StopIteration:
+                    seconds += time.perf_counter() - t
+                    break
                 seconds += time.perf_counter() - t
-                break
-            seconds += time.perf_counter() - t
-            shape = shape or frame.shape
-            writer.write(frame)
+                shape = shape or frame.shape
+                writer.write(frame)
+        if latents is not None:
+            latents.close()
+    except BaseException:
+        if latents is not None:
+            latents.abort()
+        raise
     s = video.stats
     return {"frames": frames, "height": shape[0], "width": shape[1], "latents": video.num_latents, "nfe": s.nfe,
             "nfe_per_frame": s.nfe / frames, "seconds": seconds, "seconds_per_frame": seconds / frames,
@@ -230,12 +257,15 @@ def _generate(backbone, run: Run, frames: int, path: str) -> dict:
 
 @dataclass
 class Meters:
-    """The VBench extractors and interpolator, and whether the shapes-world metrics apply."""
+    """The VBench extractors and interpolator, whether the shapes-world metrics apply, and which identity
+    measure does (``"shapes"``, ``"gaussian"`` with the world in ``backbone``, or ``None``)."""
 
     subject: object
     background: object
     interpolator: object
     world: bool
+    identity: str | None = None
+    backbone: object = field(default=None, compare=False, repr=False)
 
     @property
     def names(self) -> dict:
@@ -266,8 +296,60 @@ def _measure(path: str, prompt: str, meters: Meters) -> dict:
         from miga.worlds.shapes import parse_prompt
 
         out["world"] = evaluate_frames(frames, parse_prompt(prompt)).summary
+    if meters.identity:
+        out["identity"] = _identity(frames, fps, path, prompt, meters)
     out["eval_seconds"] = time.perf_counter() - t0
     return out
+
+
+def latents_path_of(video_path: str) -> str:
+    """Where a run's latents are kept (Gaussian worlds): beside its video, where ``miga eval`` finds them."""
+    from miga.evaluation.latents import default_latents_path
+
+    return default_latents_path(video_path)
+
+
+def _identity(frames, fps: float, path: str, prompt: str, meters: Meters) -> dict:
+    """A run's identity drift: shapes, from the decoded frames (the whole video judged against its prompt);
+    Gaussian worlds, from the latents saved beside the video against the world's prior."""
+    if meters.identity == "shapes":
+        from miga.cli import shapes_identity
+        from miga.worlds.shapes import parse_prompt
+
+        return {"kind": "shapes", **shapes_identity(frames, parse_prompt(prompt), fps)}
+    from miga.evaluation.identity import Prior, identity_metrics
+    from miga.evaluation.latents import read_latents
+
+    world = meters.backbone
+    latents, _ = read_latents(latents_path_of(path))
+    return {"kind": "gaussian", **identity_metrics(latents, Prior.of(world), world.encode_prompt(prompt))}
+
+
+def _measure_identity(backbone, run: Run, frames: int, video_path: str, meters: Meters) -> dict:
+    """The identity drift of a recorded run that has none (recorded before it was measured)."""
+    from miga.video import read_video
+
+    _ensure_latents(backbone, run, frames, video_path, meters)
+    decoded, fps = read_video(video_path) if meters.identity == "shapes" else (None, 0.0)
+    return _identity(decoded, fps, video_path, run.prompt, meters)
+
+
+def _ensure_latents(backbone, run: Run, frames: int, video_path: str, meters: Meters) -> None:
+    """A Gaussian-world run recorded without its latents gets them generated again (keyed randomness: the
+    same latents as its video's); the video and the record's numbers are kept."""
+    if meters.identity != "gaussian" or os.path.isfile(latents_path_of(video_path)):
+        return
+    from miga.pipeline import LongVideo
+
+    video = LongVideo(backbone, run.prompt, frames, run.config, seed=run.seed)
+    writer = _latent_writer(backbone, video, latents_path_of(video_path))
+    try:
+        for latent in video.latents():
+            writer.write(latent)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def _load_record(path: str, run: Run) -> dict | None:
@@ -290,23 +372,34 @@ def execute(backbone, runs: Sequence[Run], frames: int, out_dir: str, meters: Me
     run_dir = os.path.join(out_dir, "runs")
     os.makedirs(run_dir, exist_ok=True)
     records: dict[str, dict] = {}
-    skipped = 0
+    skipped = added = regenerated = 0
     bar = tqdm(runs, unit="run", desc="ablate", disable=not progress, dynamic_ncols=True)
     for run in bar:
         bar.set_postfix_str(f"{run.rows[0]} p{run.prompt_index} s{run.seed}")
         json_path = os.path.join(run_dir, run.digest + ".json")
         video_path = os.path.join(run_dir, run.digest + ".mp4")
+        latents_path = latents_path_of(video_path) if meters.identity == "gaussian" else None
         record = _load_record(json_path, run) if os.path.isfile(video_path) else None
         if record is not None and record.get("extractors") == meters.names:
             skipped += 1
+            if meters.identity and record.get("identity") is None:  # recorded before identity was measured
+                regenerated += latents_path is not None and not os.path.isfile(latents_path)
+                record["identity"] = _measure_identity(backbone, run, frames, video_path, meters)
+                added += 1
+                atomic_write_text(json_path, json.dumps(record, indent=1) + "\n")
         else:
             if record is None:  # generate; otherwise only the metrics changed (other extractors)
                 record = {"key": run.key, "video": os.path.relpath(video_path, out_dir),
-                          **_generate(backbone, run, frames, video_path)}
+                          **_generate(backbone, run, frames, video_path, latents_path)}
+            else:
+                _ensure_latents(backbone, run, frames, video_path, meters)
             record.update(_measure(video_path, run.prompt, meters))
             atomic_write_text(json_path, json.dumps(record, indent=1) + "\n")
         records[run.digest] = record
     bar.close()
+    if added:
+        print(f"miga: identity drift added to {added} run(s) recorded without it"
+              + (f" (their latents generated again for {regenerated})" if regenerated else ""), file=sys.stderr)
     return records, skipped
 
 
@@ -319,6 +412,30 @@ WORLD_COLUMNS = (("presence", "present", "pct"), ("shape_accuracy", "shape", "pc
                  ("jump_mean_px", "jump mean (px)", ".2f"), ("jump_max_px", "jump max (px)", ".1f"),
                  ("background_change", "bg change", ".4f"), ("background_error", "bg error", ".4f"))
 RUN_COLUMNS = ("nfe_per_frame", "seconds_per_frame", "reflection_triggers", "reflection_adoptions")
+IDENTITY_MIN_DISTANCE = 64
+"""Identity columns start at this distance (frames from the start): nearer, a Gaussian world's block means
+still share motion, and the shapes measure starts there (:data:`miga.worlds.identity.DISTANCES`)."""
+IDENTITY_HEADS = {"shapes": "id drift", "gaussian": "id corr"}
+
+
+def _identity_values(identity: dict) -> dict[int, dict]:
+    """``{distance: {stat name: value}}`` of one run's identity record, at the distances the table shows."""
+    out: dict[int, dict] = {}
+    if identity.get("kind") == "shapes":
+        world = identity["true_world"]["identity_drift"]
+        for d in identity["distances"]:
+            if d >= IDENTITY_MIN_DISTANCE:
+                out[d] = {f"identity_drift_{d}": identity["identity_drift"].get(str(d)),
+                          f"identity_true_world_{d}": world.get(str(d))}
+    elif identity.get("kind") == "gaussian":
+        lags = {r["lag"]: r["measured"] for r in identity["lag_correlation"]}
+        for r in identity["identity_drift"]:
+            d = r["distance"]
+            if d >= IDENTITY_MIN_DISTANCE:
+                out[d] = {f"identity_drift_{d}": r["measured"], f"identity_prior_{d}": r["prior"],
+                          f"identity_prior_mean_{d}": r["prior_mean"], f"identity_prior_sd_{d}": r["prior_sd"],
+                          f"lag_correlation_{d}": lags.get(d)}
+    return out
 
 
 def _spread(values: list) -> dict | None:
@@ -344,11 +461,48 @@ def aggregate(rows: Sequence[Row], configs: dict[str, Config], runs: Sequence[Ru
         stats.update({c: _spread([m[c] for m in mine]) for c in RUN_COLUMNS})
         if all(m.get("world") for m in mine):
             stats.update({c: _spread([m["world"][c] for m in mine]) for c, _, _ in WORLD_COLUMNS})
+        identity = None
+        if mine and all(m.get("identity") for m in mine):  # distances every run of the row reaches
+            values = [_identity_values(m["identity"]) for m in mine]
+            distances = sorted(set.intersection(*(set(v) for v in values)))
+            identity = {"kind": mine[0]["identity"]["kind"], "distances": distances}
+            for d in distances:
+                stats.update({k: _spread([v[d][k] for v in values]) for k in values[0][d]})
         out.append({"key": row.key, "label": row.label, "group": row.group,
                     "switches": describe(configs[row.key], native_frames), "same_runs_as": shared,
                     "config": {"method": type(configs[row.key]).__name__, **asdict(configs[row.key])},
-                    "runs": len(mine), "videos": [m["video"] for m in mine], "stats": stats})
+                    "runs": len(mine), "videos": [m["video"] for m in mine], "identity": identity,
+                    "stats": stats})
     return out
+
+
+def identity_summary(rows: Sequence[dict], frames: int) -> dict | None:
+    """``results.json``'s ``identity``: the measure, the distances shown (any row's) and what they mean, with
+    the reference a true sample gives (mean over the runs of every row)."""
+    kinds = {r["identity"]["kind"] for r in rows if r.get("identity")}
+    if not kinds:
+        return None
+    kind = kinds.pop()
+    distances = sorted({d for r in rows if r.get("identity") for d in r["identity"]["distances"]})
+    reference = {}
+    for d in distances:
+        keys = ([f"identity_true_world_{d}"] if kind == "shapes" else
+                [f"identity_prior_{d}", f"identity_prior_mean_{d}", f"identity_prior_sd_{d}"])
+        for k in keys:
+            vals = [r["stats"][k]["mean"] for r in rows if r["stats"].get(k)]
+            if vals:
+                reference.setdefault(str(d), {})[k.rsplit("_", 1)[0]] = statistics.fmean(vals)
+    if kind == "shapes":
+        definition = ("id drift D: identity drift D frames from the start (`miga eval --world shapes`): each hidden "
+                      "attribute (radius, shade, speed, background lighting) over frames D-8..D+7 against its "
+                      "value over the first 16 frames, divided by its spread in the world's prior (0: kept, 1: "
+                      "forgotten), mean over the attributes")
+    else:
+        definition = ("id corr D: correlation of the mean of the first 32 latents with the mean of 32 latents D "
+                      "later, the prompt mean removed (`miga eval --world gaussian`, from the latents saved beside "
+                      "each video; 0: identity forgotten)")
+    return {"kind": kind, "distances": distances, "frames": frames, "definition": definition,
+            "reference": reference}
 
 
 def _cell(stat: dict | None, fmt: str, spread: bool) -> str:
@@ -368,6 +522,10 @@ def markdown(result: dict) -> str:
     heads = ["row", "switches", "runs"] + [h + ("*" if d in proxies else "") for d, h in VBENCH_COLUMNS]
     if world:
         heads += [h for _, h, _ in WORLD_COLUMNS]
+    identity = result.get("identity")
+    distances = identity["distances"] if identity else []
+    if distances:
+        heads += [f"{IDENTITY_HEADS[identity['kind']]} {d}" for d in distances]
     heads += ["NFE/frame", "s/frame", "refl. trig./adopt."]
     titles = {"table5": "Table 5 rows", **{name: f"Sweep: {SWEEPS[name][1]} ({SWEEPS[name][0]}) on full MIGA"
                                            for name in SWEEPS}}
@@ -386,6 +544,7 @@ def markdown(result: dict) -> str:
             cells = [label, r["switches"], str(r["runs"])] + [_cell(s[d], ".4f", True) for d, _ in VBENCH_COLUMNS]
             if world:
                 cells += [_cell(s.get(c), f, True) for c, _, f in WORLD_COLUMNS]
+            cells += [_cell(s.get(f"identity_drift_{d}"), ".3f", True) for d in distances]
             trig, adopt = s["reflection_triggers"], s["reflection_adoptions"]
             cells += [_cell(s["nfe_per_frame"], ".1f", False), _cell(s["seconds_per_frame"], ".3g", False),
                       f"{trig['mean']:.1f} / {adopt['mean']:.1f}"]
@@ -400,12 +559,33 @@ def markdown(result: dict) -> str:
     if world:
         notes.append("present / shape / jumps / bg: shapes-world metrics (`miga eval --world shapes`) against "
                      "the prompt; jumps are centroid displacements between consecutive frames.")
+    if identity:
+        notes.append(_identity_note(identity))
     notes.append("NFE/frame: model calls (each guidance branch counted) per output frame. s/frame: wall time of "
                  f"generation alone (no encoding, no metrics) on this machine ({result['machine']}). "
                  "refl. trig./adopt.: self-reflection searches triggered / candidates adopted per video.")
     if any(r["same_runs_as"] for r in rows):
         notes.append("(= row): the same config as that row, so the same runs.")
     return "\n".join(lines + [" ".join(notes), ""])
+
+
+def _identity_note(identity: dict) -> str:
+    ref, ds = identity["reference"], identity["distances"]
+    if not ds:
+        gaussian = identity["kind"] == "gaussian"
+        least = IDENTITY_MIN_DISTANCE + (32 if gaussian else 0)
+        return (f"Identity drift: not shown; it needs videos of at least {least} frames (drift "
+                f"{IDENTITY_MIN_DISTANCE} frames from the start{', of 32-latent blocks' if gaussian else ''}), "
+                f"these have {identity['frames']}.")
+    if identity["kind"] == "shapes":
+        world = ", ".join(f"{ref[str(d)]['identity_true_world']:.3f} at {d}" for d in ds
+                          if "identity_true_world" in ref.get(str(d), {}))
+        return (identity["definition"] + (f"; true world clips starting with each video's identity drift {world} "
+                                          "(mean over the runs)." if world else "."))
+    prior = ", ".join(f"{ref[str(d)]['identity_prior']:.3f} at {d}" + (
+        f" (a true sample: {ref[str(d)]['identity_prior_mean']:.3f} ± {ref[str(d)]['identity_prior_sd']:.3f})"
+        if "identity_prior_sd" in ref.get(str(d), {}) else "") for d in ds if "identity_prior" in ref.get(str(d), {}))
+    return identity["definition"] + f"; the prior gives {prior}."
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -523,6 +703,7 @@ def ablate(args) -> int:
         import_cv2().setNumThreads(args.threads)  # the motion-smoothness flow
     backbone = load_backbone(args.model, height=args.height, width=args.width)
     world = backbone.name == "shapes"
+    identity = "shapes" if world else "gaussian" if backbone.name == "gaussian" else None
     if not prompts:
         prompts = list(DEFAULT_PROMPTS["shapes" if world else "gaussian"])
     if len(set(prompts)) != len(prompts):
@@ -531,7 +712,7 @@ def ablate(args) -> int:
         backbone.encode_prompt(p)
     meters = Meters(load_dino(args.dino) if args.dino else ProxyFeatures("dino"),
                     load_clip(args.clip) if args.clip else ProxyFeatures("clip"),
-                    amt_interpolator(args.amt) if args.amt else FlowMidpoint(), world)
+                    amt_interpolator(args.amt) if args.amt else FlowMidpoint(), world, identity, backbone)
     size = {"height": args.height, "width": args.width}
     preset_name = backbone.default_preset
     model_id = model_identity(args.model)
@@ -553,6 +734,7 @@ def ablate(args) -> int:
               "seeds": seeds, "machine": _machine(torch.get_num_threads()), "extractors": meters.names,
               "proxy": meters.proxies, "runs": len(runs), "skipped": skipped,
               "rows": aggregate(rows, configs, runs, records, backbone.native_frames)}
+    result["identity"] = identity_summary(result["rows"], args.frames)
     text = markdown(result)
     atomic_write_text(os.path.join(args.out, "results.md"), text)
     atomic_write_text(os.path.join(args.out, "results.json"), json.dumps(result, indent=1) + "\n")

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from miga.errors import MigaError
 
 METHODS = ("miga", "fifo")
-WORLDS = ("shapes",)
+WORLDS = ("shapes", "gaussian")
 MIGA_ONLY = {  # flag -> config field; refused with --method fifo
     "zigzag_width": "--zigzag-width", "stage2_steps": "--stage2-steps", "guides": "--guides",
     "reflection_threshold": "--reflection-threshold", "stride": "--stride", "stage2_mode": "--stage2-mode",
@@ -129,16 +129,22 @@ def build_parser() -> argparse.ArgumentParser:
         "Measure videos. Without --world: VBench's temporal flicker, motion smoothness, subject and background "
         "consistency under VBench-Long's protocol (2-second clips), from the decoded video; numbers from "
         "stand-ins for VBench's networks are marked as proxies. --world shapes: find the prompt's objects in "
-        "every frame of a shapes-world video and report presence, shape, centroid jumps and background "
-        "stability (see README)."))
+        "every frame of a shapes-world video and report presence, shape, centroid jumps, background "
+        "stability and the drift of the video's identity (hidden attributes) beside a true world clip. --world "
+        "gaussian: the lag correlations and identity drift of the latents saved with each video (miga generate "
+        "--model gaussian --save-latents) against the Gaussian world's prior and a true sample (see README)."))
     e.add_argument("videos", nargs="+", metavar="VIDEO", help="video files")
-    e.add_argument("--world", choices=WORLDS, help="the procedural world the videos show: its world metrics")
-    e.add_argument("--prompt", metavar="TEXT", help="--world: judge every frame against this prompt (default: "
-                   "the prompt schedule that miga generate stored in each video)")
+    e.add_argument("--world", choices=WORLDS, help="the world the videos show: its world metrics (shapes: from "
+                   "the decoded frames; gaussian: from the saved latents)")
+    e.add_argument("--prompt", metavar="TEXT", help="--world: judge every frame against this prompt (gaussian: "
+                   "remove its mean) (default: the prompt schedule that miga generate stored in each video; the "
+                   "identity is measured on the first prompt's frames)")
     e.add_argument("--json", metavar="FILE", help="write the full results (summary, per video, per clip or frame) "
                    "as JSON")
     e.add_argument("--plot", metavar="FILE.png", help="plot per-frame consistency over time (to the first and "
-                   "to the previous frame; latent consistency when latents are found)")
+                   "to the previous frame; latent consistency when latents are found); --world shapes: each "
+                   "attribute's drift per frame and drift vs distance beside the true world; --world gaussian: lag "
+                   "correlation and identity drift vs distance beside the prior and a true sample's band")
     e.add_argument("--dino", metavar="PATH", help="DINO ViT-B/16 for subject consistency: a transformers folder "
                    "(config.json and model.safetensors, e.g. facebook/dino-vitb16); default: the offline proxy")
     e.add_argument("--clip", metavar="PATH", help="CLIP ViT-B/32 for background consistency: a transformers "
@@ -147,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--amt", metavar="PATH", help="AMT-S weights for motion smoothness, as VBench: amt-s.pth from "
                    "the Hugging Face repo lalala125/AMT; default: an OpenCV flow-interpolation proxy")
     e.add_argument("--latents", metavar="FILE", action="append", help="latents saved by miga generate "
-                   "--save-latents, one per video in order (default: VIDEO's NAME.latents.safetensors if present)")
+                   "--save-latents, one per video in order (default: VIDEO's NAME.latents.safetensors if present; "
+                   "--world gaussian needs them)")
 
     m = sub.add_parser("models", help="list the kinds of model miga loads, or the models in folders",
                        description=(
@@ -633,7 +640,7 @@ def evaluate_vbench(args) -> int:
     from miga.video import atomic_write_text, read_video
 
     if args.prompt is not None:
-        raise MigaError("--prompt applies to --world shapes only")
+        raise MigaError("--prompt applies to --world gaussian and --world shapes only")
     _check_output(args.json)
     _check_output(args.plot, ".png", "--plot")
     if args.latents and len(args.latents) != len(args.videos):
@@ -687,12 +694,96 @@ def evaluate_vbench(args) -> int:
     return 0
 
 
+def _identity_frames(entries: list, num_frames: int, given_prompt: bool) -> int:
+    """Frames over which a video's identity is measured: all of them with ``--prompt``; otherwise those of
+    the first prompt of the stored schedule (the scene, and the Gaussian world's mean, change at the next)."""
+    if given_prompt or len(entries) < 2:
+        return num_frames
+    return min(num_frames, sorted(int(s) for s, _ in entries)[1])
+
+
+def _codec_round_trip(fps: float):
+    """``degrade`` for :func:`miga.worlds.identity.identity_drift`: frames through an H.264 MP4 as
+    ``miga generate`` writes it (crf 18, yuv420p) and back, so the true-world clip is measured after the same
+    codec as the video."""
+    def degrade(frames):
+        import tempfile
+
+        from miga.video import VideoWriter, read_video
+
+        with tempfile.TemporaryDirectory(prefix="miga-identity-") as tmp:
+            path = os.path.join(tmp, "world.mp4")
+            with VideoWriter(path, fps if fps > 0 else 8) as writer:
+                for frame in frames:
+                    writer.write(frame)
+            decoded = read_video(path)[0]
+        return decoded[:, :frames.shape[1], :frames.shape[2]]  # odd sizes were padded to even
+    return degrade
+
+
+def shapes_identity(frames, scene, fps: float, *, per_frame: bool = False) -> dict:
+    """Identity drift of a decoded shapes-world video of ``scene`` (:func:`miga.worlds.identity.identity_drift`,
+    the true-world clip through the same codec); ``per_frame`` adds each attribute's per-frame normalised
+    difference from its identity (``per_frame``) and the raw per-frame estimates (``track``)."""
+    from miga.worlds.identity import deviations, estimate_attributes, identity_drift
+
+    track = estimate_attributes(frames, scene)
+    result = identity_drift(frames, scene, degrade=_codec_round_trip(fps), track=track)
+    if per_frame:
+        result["per_frame"] = deviations(track, result["reference_frames"])
+        result["track"] = track.to_dict()
+    return result
+
+
+SHAPES_IDENTITY_NOTE = (
+    "drift D: identity drift D frames from the start: each hidden attribute (radius, shade, speed, background "
+    "lighting) estimated over frames D-8..D+7 against its value over the first 16 frames, divided by its spread "
+    "in the world's prior (0: kept, 1: as different as an unrelated clip), mean over the attributes; in "
+    "brackets the same for a true world clip with the video's starting identity, after the same H.264 codec.")
+
+
+def _shapes_table(results: list[dict]) -> list[str]:
+    width = max(5, *(len(r["video"]) for r in results))
+    distances = sorted({d for r in results for d in r["identity"]["distances"]})
+    lines = [f"{'video':<{width}}  {'frames':>6}  {'present':>7}  {'shape':>6}  {'jump mean':>9}  {'jump max':>8}  "
+             f"{'bg change':>9}  {'bg error':>8}" + "".join(f"  {'drift ' + str(d):>15}" for d in distances)]
+    for r in results:
+        s, ident = r["summary"], r["identity"]
+        cells = []
+        for d in distances:
+            v, w = ident["identity_drift"].get(str(d)), ident["true_world"]["identity_drift"].get(str(d))
+            cells.append("-" if v is None else f"{v:.3f} ({_cell(w, '.3f')})")
+        lines.append(f"{r['video']:<{width}}  {s['frames']:>6}  {_cell(s['presence'], '.1%'):>7}  "
+                     f"{_cell(s['shape_accuracy'], '.1%'):>6}  {_cell(s['jump_mean_px'], '.2f', ' px'):>9}  "
+                     f"{_cell(s['jump_max_px'], '.1f', ' px'):>8}  {_cell(s['background_change'], '.4f'):>9}  "
+                     f"{_cell(s['background_error'], '.4f'):>8}" + "".join(f"  {c:>15}" for c in cells))
+    lines.append("")
+    if distances:
+        lines.append(SHAPES_IDENTITY_NOTE)
+    else:
+        lines.append("identity drift: no video reaches 64 frames (drift is measured at 64, 128, 256, ... frames "
+                     "from the start).")
+    for r in results:
+        if r["identity"]["frames"] < r["summary"]["frames"]:
+            lines.append(f"{r['video']}: identity measured on the first prompt's frames 0-"
+                         f"{r['identity']['frames'] - 1} only (the scene changes at frame {r['identity']['frames']}).")
+    return lines
+
+
 def evaluate(args) -> int:
     if args.world is None:
         return evaluate_vbench(args)
-    given = [flag for flag in ("plot", "dino", "clip", "amt", "latents") if getattr(args, flag)]
+    given = [flag for flag in ("dino", "clip", "amt") if getattr(args, flag)]
     if given:
         raise MigaError(f"{', '.join('--' + f for f in given)} apply to the VBench metrics, not --world")
+    if args.prompt is not None and not args.prompt.strip():
+        raise MigaError("--prompt is empty")
+    _check_output(args.json)
+    _check_output(args.plot, ".png", "--plot")
+    if args.world == "gaussian":
+        return evaluate_gaussian(args)
+    if args.latents:
+        raise MigaError("--latents applies to --world gaussian and the VBench metrics, not --world shapes")
     import torch
 
     from miga.video import atomic_write_text, read_video
@@ -700,12 +791,7 @@ def evaluate(args) -> int:
     from miga.worlds.shapes import parse_prompt
 
     torch.set_num_threads(1)  # the metrics' only torch work is small shape templates, where threads only cost
-    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
-        raise MigaError(f"cannot write {args.json}: directory {os.path.dirname(os.path.abspath(args.json))} "
-                        "does not exist")
     if args.prompt is not None:
-        if not args.prompt.strip():
-            raise MigaError("--prompt is empty")
         parse_prompt(args.prompt)  # refuse a prompt outside the grammar before reading any video
     results = []
     for path in args.videos:
@@ -714,24 +800,182 @@ def evaluate(args) -> int:
             raise MigaError(f"cannot read video {path}: it has no frames")
         scenes, entries = _video_scenes(path, len(frames), args.prompt)
         result = metrics.evaluate_frames(frames, scenes)
+        n = _identity_frames(entries, len(frames), args.prompt is not None)
+        identity = {"frames": n, "prompt": args.prompt if args.prompt is not None else entries[0][1],
+                    **shapes_identity(frames[:n], scenes[0], fps, per_frame=True)}
+        del frames
         results.append({"video": path, "fps": fps, "prompts": [list(e) for e in entries],
-                        "prompt_source": "--prompt" if args.prompt is not None else "metadata", **result.to_dict()})
-    width = max(5, *(len(r["video"]) for r in results))
-    print(f"{'video':<{width}}  {'frames':>6}  {'present':>7}  {'shape':>6}  {'jump mean':>9}  {'jump max':>8}  "
-          f"{'bg change':>9}  {'bg error':>8}")
-    for r in results:
-        s = r["summary"]
-        print(f"{r['video']:<{width}}  {s['frames']:>6}  {_cell(s['presence'], '.1%'):>7}  "
-              f"{_cell(s['shape_accuracy'], '.1%'):>6}  {_cell(s['jump_mean_px'], '.2f', ' px'):>9}  "
-              f"{_cell(s['jump_max_px'], '.1f', ' px'):>8}  {_cell(s['background_change'], '.4f'):>9}  "
-              f"{_cell(s['background_error'], '.4f'):>8}")
+                        "prompt_source": "--prompt" if args.prompt is not None else "metadata", **result.to_dict(),
+                        "identity": identity})
+    print("\n".join(_shapes_table(results)))
     if args.json:
+        from miga.worlds import identity as world_identity
+
         thresholds = {name: getattr(metrics, name) for name in (
             "COLOUR_TOLERANCE", "MIN_AREA_FRACTION", "MAX_AREA_FACTOR", "TRIANGLE_SKEW", "SQUARE_DIAGONAL",
             "SHAPE_MIN_IOU", "BACKGROUND_MARGIN", "TOUCH_MARGIN")}
+        settings = {name: getattr(world_identity, name) for name in (
+            "DISTANCES", "REFERENCE_FRAMES", "WINDOW", "MIN_MEASURED", "SPEED_STEPS")}
         atomic_write_text(args.json, json.dumps({"world": args.world, "thresholds": thresholds,
+                                                 "identity": {**settings, "definition": SHAPES_IDENTITY_NOTE},
                                                  "videos": results}, indent=1) + "\n")
+    if args.plot:
+        from miga.evaluation.identity_plot import plot_shapes_identity
+
+        plot_shapes_identity(results, args.plot)
     return 0
+
+
+GAUSSIAN_IDENTITY_NOTE = (
+    "lag correlation d: pooled correlation of latents d frames apart, the prompt mean removed; prior: "
+    "s_id^2 + s_m^2 rho^d. identity drift d: correlation of the mean of the first 32 latents (all of a shorter "
+    "video) with the mean of as many latents d later; prior: c_B(d) / c_B(0). true sample: mean ± sd of the "
+    "same estimator on an exact draw of the world's prior of this length and latent size; z = (measured - mean) "
+    "/ sd; prior draw: the estimator on one such draw (seed 0).")
+
+
+def _gaussian_latents(args) -> list[str]:
+    """Each video's latents file, checked before any work (one line naming --save-latents when missing)."""
+    from miga.evaluation.latents import default_latents_path
+
+    if args.latents and len(args.latents) != len(args.videos):
+        raise MigaError(f"give --latents once per video: {len(args.videos)} video(s), {len(args.latents)} --latents")
+    paths = []
+    for i, video in enumerate(args.videos):
+        if args.latents:
+            if not os.path.isfile(args.latents[i]):
+                raise MigaError(f"cannot read latents {args.latents[i]}: no such file")
+            paths.append(args.latents[i])
+            continue
+        path = default_latents_path(video)
+        if not os.path.isfile(path):
+            if not os.path.exists(video):
+                raise MigaError(f"cannot read video {video}: No such file or directory")
+            raise MigaError(f"{video} has no latents ({path} not found): --world gaussian measures the latents "
+                            "that miga generate --save-latents writes beside the video (or give --latents FILE)")
+        paths.append(path)
+    return paths
+
+
+def gaussian_world_for(latent_shape, source: str):
+    """The Gaussian world (default ``identity_share`` and ``rho``) whose latents have ``latent_shape``
+    ``(C, H, W)``; a one-line error naming ``source`` if no Gaussian world has latents of that shape."""
+    from miga.backbones.gaussian import GaussianWorld
+
+    c, h, w = (int(x) for x in latent_shape)
+    try:
+        return GaussianWorld(channels=c, height=8 * h, width=8 * w)
+    except MigaError as exc:
+        raise MigaError(f"latents {source} of shape [{c}, {h}, {w}] are not the Gaussian world's ({exc})") from None
+
+
+GAUSSIAN_DECODE_TOLERANCE = 16.0
+"""``miga eval --world gaussian`` refuses a video whose frames differ from the Gaussian world's decoding of its
+latents by more than this (mean absolute difference, 0-255 levels, on 8 frames spread over the video): H.264
+leaves about 3 at 32x32; another model's video (the shapes model's latents are also [4, 8, 8] per 64x64 frame)
+differs by about 60."""
+
+
+def _gaussian_frames(video: str, latents, world) -> tuple[int, float, tuple | None]:
+    """The number of frames of ``video``, the mean absolute difference (0-255) between 8 of them, spread over
+    the video, and ``world``'s decoding of their latents (``inf`` if the frame size differs), and the frames'
+    ``(height, width)``."""
+    import numpy as np
+
+    from miga.video import iter_frames
+
+    decoder = world.decoder()
+    picks = set(np.linspace(0, len(latents) - 1, min(8, len(latents))).round().astype(int).tolist())
+    count, errors, size = 0, [], None
+    for i, frame in enumerate(iter_frames(video)):
+        count += 1
+        size = size or frame.shape[:2]
+        if i in picks:
+            want = decoder.push(latents[i])[0]
+            errors.append(float(np.abs(frame.astype(np.float64) - want).mean()) if frame.shape == want.shape
+                          else float("inf"))
+    return count, (float(np.mean(errors)) if errors else 0.0), size
+
+
+def evaluate_gaussian(args) -> int:
+    """``miga eval --world gaussian``: identity metrics of the saved latents against the world's prior."""
+    from miga.engine.prompts import PromptSchedule
+    from miga.evaluation.identity import identity_report
+    from miga.evaluation.latents import read_latents
+    from miga.video import atomic_write_text, read_prompts_metadata
+
+    paths = _gaussian_latents(args)
+    results = []
+    for video, latents_path in zip(args.videos, paths):
+        entries = [(0, args.prompt)] if args.prompt is not None else read_prompts_metadata(video)
+        if entries is None:
+            raise MigaError(f"{video} holds no prompt (it was not made by miga generate); pass --prompt TEXT")
+        latents, meta = read_latents(latents_path)
+        k = int(meta.get("frames_per_latent", 1))
+        world = gaussian_world_for(latents.shape[1:], latents_path)
+        if k != 1:
+            raise MigaError(f"latents {latents_path} hold {k} frames per latent; the Gaussian world's hold 1")
+        frames, error, size = _gaussian_frames(video, latents, world)
+        if frames != len(latents):
+            raise MigaError(f"latents {latents_path} hold {len(latents)} latents ({k} frame(s) each), but {video} "
+                            f"has {frames} frames")
+        _, h, w = world.latent_shape
+        if size is not None and tuple(size) != (8 * h, 8 * w):
+            raise MigaError(f"{video} has {size[1]}x{size[0]} frames, but the Gaussian world decodes the latents of "
+                            f"{latents_path} to {8 * w}x{8 * h}")
+        if error > GAUSSIAN_DECODE_TOLERANCE:
+            raise MigaError(f"{video} is not the Gaussian world's decoding of {latents_path} (its frames differ by "
+                            f"{error:.0f} of 255 levels on average): --world gaussian measures videos of miga generate "
+                            "--model gaussian or gaussian-clip")
+        try:
+            schedule = PromptSchedule(tuple(s for s, _ in entries), tuple(p for _, p in entries))
+        except MigaError as exc:
+            raise MigaError(f"{video}: {exc}") from None
+        n = _identity_frames(entries, frames, args.prompt is not None) // k
+        if n < 2:
+            raise MigaError(f"{video}: the identity metrics need at least 2 latents of its first prompt, got {n}")
+        report = identity_report(latents[:n], world, world.encode_prompt(schedule.prompts[0]))
+        results.append({"video": video, "latents": latents_path, "frames": frames, "frames_per_latent": k,
+                        "latents_measured": n, "prompt": schedule.prompts[0], "prompts": [list(e) for e in entries],
+                        "prompt_source": "--prompt" if args.prompt is not None else "metadata",
+                        "world": {"identity_share": world.identity_share, "rho": world.rho, "beta": world.beta,
+                                  "k0": world.k0, "latent_shape": list(world.latent_shape)},
+                        "identity": report["video"], "prior_sample": report["prior_sample"],
+                        "prior_seed": report["prior_seed"]})
+    lines = []
+    for r in results:
+        lines += _gaussian_block(r) + [""]
+    note = GAUSSIAN_IDENTITY_NOTE
+    lines.append(note)
+    print("\n".join(lines))
+    if args.json:
+        atomic_write_text(args.json, json.dumps({"world": args.world, "definition": note, "videos": results},
+                                                indent=1) + "\n")
+    if args.plot:
+        from miga.evaluation.identity_plot import plot_gaussian_identity
+
+        plot_gaussian_identity(results, args.plot)
+    return 0
+
+
+def _gaussian_block(r: dict) -> list[str]:
+    """One video's lag-correlation and identity-drift rows against the prior."""
+    m, draw, w = r["identity"], r["prior_sample"], r["world"]
+    segment = (f" (its first prompt's; {r['frames']} frames in all)" if r["latents_measured"] * r["frames_per_latent"]
+               < r["frames"] else "")
+    lines = [f"{r['video']}: {r['latents_measured']} latents [{', '.join(map(str, w['latent_shape']))}]"
+             f"{segment} from {r['latents']}; prompt {r['prompt']!r} ({r['prompt_source']}); Gaussian world "
+             f"identity_share {w['identity_share']:g}, rho {w['rho']:g}",
+             f"  {'measure':<16}  {'d':>5}  {'measured':>8}  {'prior':>7}  {'true sample (mean ± sd)':>23}  "
+             f"{'z':>6}  {'prior draw':>10}"]
+    for key, label, d_key in (("lag_correlation", "lag correlation", "lag"),
+                              ("identity_drift", "identity drift", "distance")):
+        drawn = {row[d_key]: row["measured"] for row in draw[key]}
+        for row in m[key]:
+            band = ("-" if row["prior_sd"] is None else f"{row['prior_mean']:.4f} ± {row['prior_sd']:.4f}")
+            lines.append(f"  {label:<16}  {row[d_key]:>5}  {row['measured']:>8.4f}  {row['prior']:>7.4f}  "
+                         f"{band:>23}  {_cell(row['z'], '+.1f'):>6}  {_cell(drawn.get(row[d_key]), '.4f'):>10}")
+    return lines
 
 
 MODELS_WIDTH = 100

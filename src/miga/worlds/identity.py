@@ -492,9 +492,31 @@ def drift_of_track(track: AttributeTrack, distances=DISTANCES, reference_frames:
             "attributes": attributes}
 
 
+def deviations(track: AttributeTrack, reference_frames: int = REFERENCE_FRAMES) -> list[dict]:
+    """Per hidden attribute, every frame's difference from the identity (its :meth:`AttributeTrack.centre`
+    over the first ``reference_frames`` frames) divided by the attribute's prior spread: what
+    :func:`drift_of_track` averages over a window at each distance, frame by frame (``None`` where not
+    measured, or where the identity itself was not). Entries: ``attribute``, ``object``, ``index`` and
+    ``values`` (a list over frames)."""
+    ref = track.centre(0, reference_frames)
+    spread = prior_spread(track.scene)
+    out = []
+    for name, j, values, kind in _attribute_series(track):
+        r = ref[name] if j is None else ref[name][j]
+        prior = spread[name] if j is None else spread[name][j]
+        if prior > 0 and np.all(np.isfinite(np.asarray(r, np.float64))):
+            norm = _differences(values, r, kind) / prior
+        else:
+            norm = np.full(track.frames, np.nan)
+        out.append({"attribute": name, "object": None if j is None else " ".join(track.scene.objects[j]),
+                    "index": j, "values": _json(norm)})
+    return out
+
+
 def identity_drift(frames: np.ndarray, scene: Scene, distances=DISTANCES,
                    reference_frames: int = REFERENCE_FRAMES, window: int = WINDOW, true_world: bool = True,
-                   seed: int = 0, degrade: Callable[[np.ndarray], np.ndarray] | None = None) -> dict:
+                   seed: int = 0, degrade: Callable[[np.ndarray], np.ndarray] | None = None,
+                   track: AttributeTrack | None = None) -> dict:
     """Identity drift of a video of ``scene`` (``uint8 [F, H, W, 3]``), JSON-ready.
 
     Each hidden attribute's identity is its robust value over the first ``reference_frames`` frames
@@ -514,10 +536,12 @@ def identity_drift(frames: np.ndarray, scene: Scene, distances=DISTANCES,
     the video starts and keeps its identity by construction, so its drift is what the estimators give
     with no drift at all, for this identity (a fresh draw would have other radii and speeds, and so
     another estimator noise). ``degrade`` (e.g. the video codec, or the model's autoencoder round trip)
-    is applied to that clip first, so both go through the same pipeline.
+    is applied to that clip first, so both go through the same pipeline. ``track``: the video's
+    :func:`estimate_attributes` if the caller has it already (it is not computed again).
     """
     frames = np.asarray(frames)
-    track = estimate_attributes(frames, scene)
+    if track is None:
+        track = estimate_attributes(frames, scene)
     result = drift_of_track(track, distances, reference_frames, window)
     if true_world:
         hidden = hidden_from_estimates(scene, track.centre(0, reference_frames), seed)
