@@ -102,3 +102,16 @@ def test_train_toy_v2_and_df_recipes_train_resume_and_load(tmp_path, capsys, rec
     assert isinstance(model.denoiser, AttentionDenoiser) and model.training["per_frame_noise"] == per_frame
     frames = list(miga.LongVideo(model, "a red circle bouncing", 18, seed=1).frames())
     assert len(frames) == 18 and frames[0].shape == (32, 32, 3)
+
+
+def test_the_autoencoder_loss_is_a_recipe_field(tmp_path):
+    from miga.errors import MigaError
+    from miga.toy.train import ToyTrainer, TrainConfig
+
+    with pytest.raises(MigaError, match="ae_loss must be mse or l1"):
+        TrainConfig(ae_loss="huber").validate()
+    losses = {}
+    for loss in ("mse", "l1"):
+        trainer = ToyTrainer(str(tmp_path / loss), TrainConfig.v2(ae_loss=loss, ae_batch=2), ToyConfig.tiny_v2())
+        losses[loss] = trainer.ae_train_step()
+    assert losses["mse"] != losses["l1"] and all(v > 0 for v in losses.values())

@@ -40,6 +40,7 @@ class TrainConfig:
         ae_object_weight: extra weight of object pixels in the reconstruction loss.
         ae_latent_noise: Gaussian noise (times the latent std) added before decoding while training, so the
             decoder tolerates imperfect latents from the denoiser.
+        ae_loss: reconstruction loss, ``mse`` (v1) or ``l1`` (sharper edges: corners of squares and triangles).
         steps, batch, lr, warmup: denoiser stage (batch counted in 16-frame clips); constant lr after a
             linear warmup, so extending ``steps`` is safe.
         ema: decay of the exponential moving average of the denoiser's weights (the shipped weights).
@@ -70,6 +71,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     per_frame_noise: bool = False
     hidden_attributes: bool = False
+    ae_loss: str = "mse"
 
     @classmethod
     def v2(cls, **changes) -> "TrainConfig":
@@ -88,6 +90,8 @@ class TrainConfig:
         for f in ("ae_batch", "batch", "checkpoint_every"):
             if getattr(self, f) < 1:
                 raise MigaError(f"{f} must be >= 1, got {getattr(self, f)}")
+        if self.ae_loss not in ("mse", "l1"):
+            raise MigaError(f"ae_loss must be mse or l1, got {self.ae_loss!r}")
         return self
 
 
@@ -180,7 +184,8 @@ class ToyTrainer:
         z_noisy = z + t.ae_latent_noise * z.detach().std() * torch.randn(z.shape, generator=g)
         recon = self.ae.decode_raw(z_noisy)
         weight = 1.0 + t.ae_object_weight * mask[:, 0, None]  # objects are small: weigh their pixels up
-        loss = (weight * (recon - frames) ** 2).mean() + 1e-4 * z.pow(2).mean()
+        error = (recon - frames).abs() if t.ae_loss == "l1" else (recon - frames) ** 2
+        loss = (weight * error).mean() + 1e-4 * z.pow(2).mean()
         lr = t.ae_lr * 0.5 * (1 + math.cos(math.pi * self.ae_step / max(1, t.ae_steps)))  # cosine to 0
         for group in self.ae_opt.param_groups:
             group["lr"] = lr
