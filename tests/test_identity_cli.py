@@ -3,7 +3,6 @@ gaussian`` (lag correlations and drift from the saved latents against the prior)
 columns for the shapes model and the Gaussian worlds, old records kept), and their one-line refusals."""
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from miga.video import VideoWriter, prompts_metadata, read_video
 from miga.worlds.identity import identity_drift, true_world_clip
 from miga.worlds.shapes import SceneBatch, parse_prompt, sample_hidden
 from cli_helpers import run
+from world_helpers import two_identities
 
 CYAN = "a cyan square bouncing on a white background"
 RED = "a red circle bouncing on a blue background"
@@ -31,18 +31,8 @@ def write(path, frames, schedule=None):
 
 
 def identities():
-    """Two clearly different identities of CYAN's scene (as in tests/test_world_identity.py)."""
-    scene = parse_prompt(CYAN)
-    batch = SceneBatch.of([scene])
-    first, second = (sample_hidden(batch, torch.Generator().manual_seed(0)) for _ in range(2))
-    first.radius[0, 0], second.radius[0, 0] = 6.3, 8.7
-    first.speed[0, 0], second.speed[0, 0] = 1.1, 2.1
-    offset = torch.tensor([1.0, -1.0, 1.0]) / math.sqrt(3) * 18
-    cyan = torch.tensor([40.0, 210.0, 220.0])
-    first.shade[0, 0], second.shade[0, 0] = (cyan + offset).clamp(0, 255), (cyan - offset).clamp(0, 255)
-    first.bg_angle[0], second.bg_angle[0] = math.radians(30), math.radians(200)
-    first.bg_tilt[0], second.bg_tilt[0] = 0.11, 0.24
-    return scene, first, second
+    """Two clearly different identities of CYAN's scene."""
+    return two_identities(CYAN)
 
 
 def kept_and_forgotten(frames):

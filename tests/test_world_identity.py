@@ -15,6 +15,7 @@ from miga.worlds.identity import (AttributeTrack, background_measurable, drift_o
                                   hidden_from_estimates, identity_drift, prior_spread, true_world_clip)
 from miga.worlds.metrics import scene_frames
 from miga.worlds.shapes import SceneBatch, parse_prompt, sample_hidden, world_batch
+from world_helpers import two_identities  # noqa: E402
 
 
 def jpeg(frames, quality=75):
@@ -196,17 +197,7 @@ def test_drift_of_a_true_world_clip_is_near_the_estimator_noise(tmp_path):
 
 
 def test_drift_of_a_clip_whose_identity_changes_halfway():
-    scene = parse_prompt("a cyan square bouncing on a white background")
-    batch = SceneBatch.of([scene])
-    first = sample_hidden(batch, torch.Generator().manual_seed(0))
-    second = sample_hidden(batch, torch.Generator().manual_seed(0))
-    first.radius[0, 0], second.radius[0, 0] = 6.3, 8.7
-    first.speed[0, 0], second.speed[0, 0] = 1.1, 2.1
-    offset = torch.tensor([1.0, -1.0, 1.0]) / math.sqrt(3) * 18
-    cyan = torch.tensor([40.0, 210.0, 220.0])
-    first.shade[0, 0], second.shade[0, 0] = (cyan + offset).clamp(0, 255), (cyan - offset).clamp(0, 255)
-    first.bg_angle[0], second.bg_angle[0] = math.radians(30), math.radians(200)
-    first.bg_tilt[0], second.bg_tilt[0] = 0.11, 0.24
+    scene, first, second = two_identities("a cyan square bouncing on a white background")
     video = np.concatenate([true_world_clip(scene, first, 150, seed=1), true_world_clip(scene, second, 150, seed=2)])
     result = identity_drift(video, scene, distances=(64, 128, 192, 256))
     json.dumps(result, allow_nan=False)

@@ -43,8 +43,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from miga.worlds.metrics import (COLOUR_TOLERANCE, area_limits, classify_shape, colour_masks, components,
-                                 expected_background, scene_frames)
+from miga.worlds.metrics import (COLOUR_TOLERANCE, _dilate, area_limits, classify_shape, colour_masks,
+                                 components, expected_background, scene_frames)
 from miga.worlds.shapes import (BACKGROUND_COLOURS, FRAME_SIZE, GRADIENT_ANGLE_RANGE, GRADIENT_DARKEN,
                                 OBJECT_COLOURS, PLAIN_TILT_RANGE, RADIUS_RANGE, SHADE_RADIUS, SPEED_RANGES,
                                 HiddenAttributes, Scene, SceneBatch, render, sample_hidden,
@@ -83,21 +83,6 @@ _LUMA = np.array([0.299, 0.587, 0.114])
 
 # ----------------------------------------------------------------------------------------------------
 # small image helpers
-
-
-def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Binary dilation by a (2 radius + 1)-pixel square."""
-    if radius <= 0:
-        return mask.copy()
-    h, w = mask.shape
-    padded = np.pad(mask, radius)
-    rows = np.zeros((h + 2 * radius, w), bool)
-    for k in range(2 * radius + 1):
-        rows |= padded[:, k:k + w]
-    out = np.zeros((h, w), bool)
-    for k in range(2 * radius + 1):
-        out |= rows[k:k + h]
-    return out
 
 
 def _erode(mask: np.ndarray, radius: int) -> np.ndarray:

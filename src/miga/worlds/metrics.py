@@ -172,7 +172,9 @@ def expected_background(scene: Scene, height: int, width: int) -> np.ndarray:
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Binary dilation by a (2 radius + 1)-pixel square."""
+    """Binary dilation by a (2 radius + 1)-pixel square (a copy for radius <= 0)."""
+    if radius <= 0:
+        return mask.copy()
     h, w = mask.shape
     padded = np.pad(mask, radius)
     rows = np.zeros((h + 2 * radius, w), bool)
