@@ -6,7 +6,9 @@
 * :mod:`~miga.evaluation.features`: DINO / CLIP from local ``transformers`` folders, or the offline proxy;
 * :mod:`~miga.evaluation.interpolation`: the frame interpolators for motion smoothness;
 * :mod:`~miga.evaluation.latents`: saved latents and MIGA's latent consistency score (method.md Eqs. 5-7);
-* :mod:`~miga.evaluation.plot`: per-frame consistency over time.
+* :mod:`~miga.evaluation.plot`: per-frame consistency over time;
+* :mod:`~miga.evaluation.identity`: the Gaussian world's identity (lag correlations and block-mean drift against
+  the prior) from saved latents; :mod:`~miga.evaluation.identity_plot`: identity drift plots.
 
 Nothing here imports OpenCV, transformers or matplotlib until it is used.
 """
