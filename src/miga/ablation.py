@@ -14,10 +14,10 @@ For each (row, prompt, seed) a video is generated with :class:`~miga.pipeline.Lo
 MP4 and decoded again, so that every metric comes from the file, as VBench does: the four VBench-Long
 quality scores (:func:`miga.evaluation.evaluate_video`) and, for the shapes model, the shapes-world metrics
 (:func:`miga.worlds.metrics.evaluate_frames`). Identity drift is measured for the shapes model (hidden
-attributes from the decoded video against a true world clip: :func:`miga.cli.shapes_identity`) and the
-Gaussian worlds (the block-mean identity's correlation from the latents, saved beside each video:
-:func:`miga.evaluation.identity.identity_metrics`), as ``miga eval --world shapes|gaussian`` does. NFE per
-frame and seconds per frame (the wall time of
+attributes from the decoded video against a true world clip:
+:func:`miga.worlds.identity.video_identity_drift`) and the Gaussian worlds (the block-mean identity's
+correlation from the latents, saved beside each video: :func:`miga.evaluation.identity.identity_metrics`),
+as ``miga eval --world shapes|gaussian`` does. NFE per frame and seconds per frame (the wall time of
 generation alone: not the MP4 encoding, not the metrics) come from the run. Rows are the mean over prompts
 and seeds; ``results.json`` also keeps the standard deviation, min, max and every run.
 
@@ -313,10 +313,10 @@ def _identity(frames, fps: float, path: str, prompt: str, meters: Meters) -> dic
     """A run's identity drift: shapes, from the decoded frames (the whole video judged against its prompt);
     Gaussian worlds, from the latents saved beside the video against the world's prior."""
     if meters.identity == "shapes":
-        from miga.cli import shapes_identity
+        from miga.worlds.identity import video_identity_drift
         from miga.worlds.shapes import parse_prompt
 
-        return {"kind": "shapes", **shapes_identity(frames, parse_prompt(prompt), fps)}
+        return {"kind": "shapes", **video_identity_drift(frames, parse_prompt(prompt), fps)}
     from miga.evaluation.identity import Prior, identity_metrics
     from miga.evaluation.latents import read_latents
 

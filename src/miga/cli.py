@@ -702,39 +702,6 @@ def _identity_frames(entries: list, num_frames: int, given_prompt: bool) -> int:
     return min(num_frames, sorted(int(s) for s, _ in entries)[1])
 
 
-def _codec_round_trip(fps: float):
-    """``degrade`` for :func:`miga.worlds.identity.identity_drift`: frames through an H.264 MP4 as
-    ``miga generate`` writes it (crf 18, yuv420p) and back, so the true-world clip is measured after the same
-    codec as the video."""
-    def degrade(frames):
-        import tempfile
-
-        from miga.video import VideoWriter, read_video
-
-        with tempfile.TemporaryDirectory(prefix="miga-identity-") as tmp:
-            path = os.path.join(tmp, "world.mp4")
-            with VideoWriter(path, fps if fps > 0 else 8) as writer:
-                for frame in frames:
-                    writer.write(frame)
-            decoded = read_video(path)[0]
-        return decoded[:, :frames.shape[1], :frames.shape[2]]  # odd sizes were padded to even
-    return degrade
-
-
-def shapes_identity(frames, scene, fps: float, *, per_frame: bool = False) -> dict:
-    """Identity drift of a decoded shapes-world video of ``scene`` (:func:`miga.worlds.identity.identity_drift`,
-    the true-world clip through the same codec); ``per_frame`` adds each attribute's per-frame normalised
-    difference from its identity (``per_frame``) and the raw per-frame estimates (``track``)."""
-    from miga.worlds.identity import deviations, estimate_attributes, identity_drift
-
-    track = estimate_attributes(frames, scene)
-    result = identity_drift(frames, scene, degrade=_codec_round_trip(fps), track=track)
-    if per_frame:
-        result["per_frame"] = deviations(track, result["reference_frames"])
-        result["track"] = track.to_dict()
-    return result
-
-
 SHAPES_IDENTITY_NOTE = (
     "drift D: identity drift D frames from the start: each hidden attribute (radius, shade, speed, background "
     "lighting) estimated over frames D-8..D+7 against its value over the first 16 frames, divided by its spread "
@@ -788,6 +755,7 @@ def evaluate(args) -> int:
 
     from miga.video import atomic_write_text, read_video
     from miga.worlds import metrics
+    from miga.worlds.identity import video_identity_drift
     from miga.worlds.shapes import parse_prompt
 
     torch.set_num_threads(1)  # the metrics' only torch work is small shape templates, where threads only cost
@@ -802,7 +770,7 @@ def evaluate(args) -> int:
         result = metrics.evaluate_frames(frames, scenes)
         n = _identity_frames(entries, len(frames), args.prompt is not None)
         identity = {"frames": n, "prompt": args.prompt if args.prompt is not None else entries[0][1],
-                    **shapes_identity(frames[:n], scenes[0], fps, per_frame=True)}
+                    **video_identity_drift(frames[:n], scenes[0], fps, per_frame=True)}
         del frames
         results.append({"video": path, "fps": fps, "prompts": [list(e) for e in entries],
                         "prompt_source": "--prompt" if args.prompt is not None else "metadata", **result.to_dict(),

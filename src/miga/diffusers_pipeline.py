@@ -138,8 +138,9 @@ class LongVideoPipeline:
                 if latents.ndim != 5 or latents.shape[0] != 1:
                     raise MigaError(f"latents must have shape [1, C, F, h, w], got {tuple(latents.shape)}")
                 window = int(latents.shape[2])
-            elif num_frames is not None:
-                window = None if self.backbone is not None else _window_for(self, num_frames, height, width)
+            elif num_frames is not None and self.backbone is None:
+                # latents per frame do not depend on the size: ask the backbone built in __init__
+                window = max(2, latents_for_frames(self._cached[1], num_frames))
             backbone = self._backbone_for(height, width, window)
             clip_frames = frames_for_latents(backbone, backbone.native_frames)
             num_frames = clip_frames if num_frames is None else num_frames
@@ -156,8 +157,7 @@ class LongVideoPipeline:
             if not isinstance(prompt, str):
                 raise MigaError("method='plain' takes one prompt (a string)")
             init = None if latents is None else latents[0].transpose(0, 1).to(torch.float32)
-            latent_list = list(native_latents(backbone, prompt, seed=seed, config=cfg, init=init, stats=stats))
-            source = iter(latent_list)
+            source = iter(native_latents(backbone, prompt, seed=seed, config=cfg, init=init, stats=stats))
         else:
             video = LongVideo(backbone, prompt, num_frames, cfg, seed=seed)
             stats = video.stats
@@ -169,12 +169,6 @@ class LongVideoPipeline:
             if self.pipe is not None:  # model-offloaded modules back on the CPU, as the pipeline's own call ends
                 offload_after_use(getattr(self.pipe, "components", {}).values())
         return LongVideoPipelineOutput(frames=frames, stats=stats) if return_dict else (frames,)
-
-
-def _window_for(pipeline: LongVideoPipeline, num_frames: int, height, width) -> int:
-    """Latents of a ``plain`` window that holds ``num_frames`` frames (Wan: 4k+1 frames in k+1 latents)."""
-    probe = pipeline._backbone_for(height, width, None)
-    return max(2, latents_for_frames(probe, num_frames))
 
 
 def _config(backbone: Backbone, method: str, preset: str | None, config, steps, guidance, eta, flow_shift,

@@ -112,11 +112,15 @@ def cast_model(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     return model
 
 
+def _accelerate_hooks(module) -> list:
+    """The accelerate hooks on ``module`` itself (a ``SequentialHook`` unpacked), if any."""
+    hook = getattr(module, "_hf_hook", None)
+    return list(getattr(hook, "hooks", None) or [hook]) if hook is not None else []
+
+
 def offload_hooks(module) -> list:
     """The accelerate ``CpuOffload`` hooks on ``module`` (``enable_model_cpu_offload``), if any."""
-    hook = getattr(module, "_hf_hook", None)
-    hooks = list(getattr(hook, "hooks", None) or [hook]) if hook is not None else []
-    return [h for h in hooks if type(h).__name__ == "CpuOffload"]
+    return [h for h in _accelerate_hooks(module) if type(h).__name__ == "CpuOffload"]
 
 
 def execution_device(module) -> torch.device:
@@ -128,8 +132,7 @@ def execution_device(module) -> torch.device:
     device = next(module.parameters()).device
     if device.type == "meta":
         for sub in module.modules():
-            hook = getattr(sub, "_hf_hook", None)
-            for h in list(getattr(hook, "hooks", None) or [hook]) if hook is not None else []:
+            for h in _accelerate_hooks(sub):
                 if getattr(h, "execution_device", None) is not None:
                     return torch.device(h.execution_device)
     return device

@@ -37,6 +37,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -547,3 +548,34 @@ def _json(x):
         return [_json(v) for v in np.asarray(x, np.float64).tolist()]
     x = float(x)
     return round(x, 5) if math.isfinite(x) else None
+
+
+def codec_round_trip(fps: float):
+    """``degrade`` for :func:`identity_drift`: frames through an H.264 MP4 as
+    ``miga generate`` writes it (crf 18, yuv420p) and back, so the true-world clip is measured after the same
+    codec as the video."""
+    def degrade(frames):
+        import tempfile
+
+        from miga.video import VideoWriter, read_video
+
+        with tempfile.TemporaryDirectory(prefix="miga-identity-") as tmp:
+            path = os.path.join(tmp, "world.mp4")
+            with VideoWriter(path, fps if fps > 0 else 8) as writer:
+                for frame in frames:
+                    writer.write(frame)
+            decoded = read_video(path)[0]
+        return decoded[:, :frames.shape[1], :frames.shape[2]]  # odd sizes were padded to even
+    return degrade
+
+
+def video_identity_drift(frames, scene, fps: float, *, per_frame: bool = False) -> dict:
+    """Identity drift of a decoded shapes-world video of ``scene`` (:func:`identity_drift`,
+    the true-world clip through the same codec); ``per_frame`` adds each attribute's per-frame normalised
+    difference from its identity (``per_frame``) and the raw per-frame estimates (``track``)."""
+    track = estimate_attributes(frames, scene)
+    result = identity_drift(frames, scene, degrade=codec_round_trip(fps), track=track)
+    if per_frame:
+        result["per_frame"] = deviations(track, result["reference_frames"])
+        result["track"] = track.to_dict()
+    return result
