@@ -133,7 +133,18 @@ class MIGAConfig(_SamplingFields):
             ``nearest`` (one latent from each of the m nearest chunks, the released code's choice).
         dynamic_offset: shift the Stage-1/Stage-2 tiling by (pass mod s) each pass (released code).
         reflection: self-reflection on/off (Alg. 6).
-        reflection_threshold: delta_adju, the drop of the consistency score that triggers a search.
+        reflection_threshold: delta_adju, the drop of the consistency score that triggers a search
+            (``reflection_calibration="fixed"``, the paper).
+        reflection_calibration: ``fixed`` (a drop > delta_adju triggers) or ``auto``: a drop triggers when
+            it is unusual for this video's own score series, i.e. larger than ``reflection_auto_factor``
+            times a robust spread of its earlier successive changes (1.4826 x their median absolute value),
+            once ``reflection_auto_warmup`` changes have been seen. The same meaning on every backbone,
+            whatever the scale of its latents (docs/notes.md, "Calibrated self-reflection").
+        reflection_auto_factor: the calibrated threshold in spreads (1.5: about 7 % of checks trigger
+            when the changes are Gaussian, the rate the paper's cost on VideoCrafter2 implies).
+        reflection_auto_warmup: successive changes seen before the calibrated mode may trigger.
+        reflection_batch: the n_samp candidates of a search share model calls (same latents; the
+            backbone still splits calls by its model batch).
         reflection_samples: n_samp candidates per search.
         reflection_judge_steps: f_judg, steps the judged chunk has received.
         reflection_ref_chunks: n_ref, reference chunks in front of the judged one.
@@ -154,6 +165,10 @@ class MIGAConfig(_SamplingFields):
     dynamic_offset: bool = True
     reflection: bool = True
     reflection_threshold: float = 0.01
+    reflection_calibration: Literal["fixed", "auto"] = "fixed"
+    reflection_auto_factor: float = 1.5
+    reflection_auto_warmup: int = 4
+    reflection_batch: bool = True
     reflection_samples: int = 5
     reflection_judge_steps: int = 13
     reflection_ref_chunks: int = 3
@@ -197,6 +212,12 @@ class MIGAConfig(_SamplingFields):
         if self.reflection:
             if self.reflection_threshold < 0:
                 raise MigaError(f"reflection threshold must be >= 0, got {self.reflection_threshold}")
+            if self.reflection_calibration not in ("fixed", "auto"):
+                raise MigaError(f"reflection calibration must be 'fixed' or 'auto', got "
+                                f"{self.reflection_calibration!r}")
+            if not self.reflection_auto_factor > 0 or self.reflection_auto_warmup < 1:
+                raise MigaError(f"calibrated reflection needs a factor > 0 and a warm-up >= 1 change, got "
+                                f"{self.reflection_auto_factor} and {self.reflection_auto_warmup}")
             if self.reflection_samples < 1 or self.reflection_ref_chunks < 1 or self.reflection_judge_steps < 1:
                 raise MigaError("reflection samples, judge steps and reference chunks must all be >= 1")
             room = T - self.stage2_steps - 1

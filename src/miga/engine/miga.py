@@ -124,7 +124,10 @@ class MIGAEngine(QueueEngine):
                                           judge_steps=cfg.reflection_judge_steps,
                                           ref_chunks=cfg.reflection_ref_chunks, samples=cfg.reflection_samples,
                                           threshold=cfg.reflection_threshold, fresh=self.fresh, stats=stats,
-                                          mode=cfg.score_mode)
+                                          mode=cfg.score_mode, batch=cfg.reflection_batch,
+                                          calibration=cfg.reflection_calibration,
+                                          auto_factor=cfg.reflection_auto_factor,
+                                          auto_warmup=cfg.reflection_auto_warmup)
         stage2_kw = dict(window=native_frames, stride=cfg.stride, steps=K2, dynamic_offset=cfg.dynamic_offset,
                          total=self.n_chunks * L)
         self.stage2 = (Stage2Stream if cfg.stage2_mode == "stream" else Stage2Batch)(stepper, **stage2_kw) \

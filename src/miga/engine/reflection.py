@@ -34,15 +34,19 @@ class SelfReflection:
     ``ref_chunks`` (n_ref) chunks in front of it. A drop of the score against the previous check by more
     than ``threshold`` (delta_adju) triggers ``samples`` (n_samp) candidates: each rebuilds the tail from
     the judged chunk on, guided by the references, with fresh noise; the best replaces the tail if it
-    scores higher than the original.
+    scores higher than the original. ``batch``: the candidates' windows share model calls.
+    ``calibration="auto"``: the drop is measured against this video's own score series instead
+    (:meth:`drop_threshold`).
     """
 
     def __init__(self, stepper: WindowStepper, *, chunk: int, window: int, stride: int, judge_steps: int,
                  ref_chunks: int, samples: int, threshold: float, fresh: Callable[[int, str], torch.Tensor],
-                 stats: Stats, mode: str = "frame"):
+                 stats: Stats, mode: str = "frame", batch: bool = True, calibration: str = "fixed",
+                 auto_factor: float = 1.5, auto_warmup: int = 4):
         self.stepper, self.chunk, self.window, self.stride = stepper, chunk, window, stride
         self.judge_steps, self.ref_chunks, self.samples = judge_steps, ref_chunks, samples
-        self.threshold, self.fresh, self.stats, self.mode = threshold, fresh, stats, mode
+        self.threshold, self.fresh, self.stats, self.mode, self.batch = threshold, fresh, stats, mode, batch
+        self.calibration, self.auto_factor, self.auto_warmup = calibration, auto_factor, auto_warmup
         self.history: list[float] = []
 
     def judged_position(self, queue: list[Slot]) -> int | None:
@@ -67,13 +71,13 @@ class SelfReflection:
         self.stats.reflection_checks += 1
         self.history.append(score)
         self.stats.reflection_scores.append(score)
-        if len(self.history) < 2 or self.history[-2] - score <= self.threshold:
+        limit = self.drop_threshold()
+        if limit is None or self.history[-2] - score <= limit:
             return False
         self.stats.reflection_triggers += 1
         indices = [s.index for s in queue[p:]]
         best, best_score = None, score
-        for i in range(self.samples):
-            cand = self._candidate(refs, indices, f"reflect{check}/{i}")
+        for cand in self._candidates(refs, indices, [f"reflect{check}/{i}" for i in range(self.samples)]):
             cand_score = consistency_score(torch.stack([s.latent for s in cand[:L]]), ref_latents, self.mode)
             if cand_score > best_score:
                 best, best_score = cand, cand_score
@@ -84,23 +88,48 @@ class SelfReflection:
         self.stats.reflection_adoptions += 1
         return True
 
+    def drop_threshold(self) -> float | None:
+        """The score drop the latest check must exceed to trigger a search, or None when it cannot trigger
+        yet. ``fixed``: delta_adju. ``auto``: ``auto_factor`` x 1.4826 x the median absolute change between
+        successive earlier checks (a robust standard deviation, so past triggers do not inflate it), after
+        ``auto_warmup`` such changes."""
+        if len(self.history) < 2:
+            return None
+        if self.calibration == "fixed":
+            return self.threshold
+        earlier = self.history[:-1]
+        changes = sorted(abs(b - a) for a, b in zip(earlier, earlier[1:]))
+        if len(changes) < self.auto_warmup:
+            return None
+        n = len(changes)
+        median = changes[n // 2] if n % 2 else 0.5 * (changes[n // 2 - 1] + changes[n // 2])
+        return self.auto_factor * 1.4826 * median
+
     def state_dict(self) -> dict:
         return {"history": list(self.history)}
 
     def load_state_dict(self, state: dict) -> None:
         self.history = [float(v) for v in state["history"]]
 
-    def _candidate(self, refs: list[Slot], indices: list[int], purpose: str) -> list[Slot]:
-        """Rebuild ``judge_steps`` chunks behind copies of the references (Alg. 6 lines 7-11)."""
+    def _candidates(self, refs: list[Slot], indices: list[int], purposes: list[str]) -> list[list[Slot]]:
+        """Rebuild ``judge_steps`` chunks behind copies of the references, once per purpose (Alg. 6 lines
+        7-11). The candidates are independent: with ``batch``, the same window of every candidate shares
+        one model call (the backbone still splits calls by its model batch). No window reads a latent that
+        an earlier window of the same step wrote, so the latents are those of building the candidates one
+        by one (up to float rounding of batched matmuls)."""
         top, L = self.stepper.schedule.top, self.chunk
         fixed = len(refs)
-        X = [s.copy() for s in refs]
+        cands = [[s.copy() for s in refs] for _ in purposes]
         for j in range(self.judge_steps):
-            X += [Slot(i, self.fresh(i, purpose), top) for i in indices[j * L:(j + 1) * L]]
-            jobs = []
-            for w in tiling(len(X), self.window, self.stride, 0):
-                first = max(w.start, fixed)
-                targets = range(first - w.start, w.n_update)
-                jobs.append(WindowJob(X[w.start:w.start + w.length], targets, X[w.start].index, purpose))
-            self.stepper.run(jobs)
-        return X[fixed:]
+            for X, purpose in zip(cands, purposes):
+                X += [Slot(i, self.fresh(i, purpose), top) for i in indices[j * L:(j + 1) * L]]
+            plan = tiling(len(cands[0]), self.window, self.stride, 0)
+            jobs = [[WindowJob(X[w.start:w.start + w.length], range(max(w.start, fixed) - w.start, w.n_update),
+                               X[w.start].index, purpose) for w in plan] for X, purpose in zip(cands, purposes)]
+            if self.batch:  # window-major: the same window of every candidate side by side
+                self.stepper.run([job for same_window in zip(*jobs) for job in same_window],
+                                 limit=self.stepper.max_batch * len(cands))
+            else:  # one candidate after another
+                for candidate_jobs in jobs:
+                    self.stepper.run(candidate_jobs)
+        return [X[fixed:] for X in cands]

@@ -28,9 +28,11 @@ class WindowJob:
 
 @dataclass
 class Stats:
-    """Counters reported by ``--stats``: model calls (each guidance branch counted) and reflection."""
+    """Counters reported by ``--stats``: network evaluations (``nfe``: windows through the model, each
+    guidance branch counted), model calls (``calls``: batches of them) and self-reflection."""
 
     nfe: int = 0
+    calls: int = 0
     model_seconds: float = 0.0
     reflection_checks: int = 0
     reflection_triggers: int = 0
@@ -66,10 +68,11 @@ class WindowStepper:
         self.max_batch = max(1, int(max_batch))
 
     @torch.no_grad()
-    def run(self, jobs: Sequence[WindowJob], batch: bool = True) -> None:
+    def run(self, jobs: Sequence[WindowJob], batch: bool = True, limit: int | None = None) -> None:
         """Run jobs in order. With ``batch``, consecutive jobs of equal window length share one model
-        call; each batch reads all its windows before writing any of them."""
-        limit = self.max_batch if batch else 1
+        call (at most ``limit`` of them, default ``max_batch``); each batch reads all its windows before
+        writing any of them."""
+        limit = (limit or self.max_batch) if batch else 1
         group: list[WindowJob] = []
         for job in jobs:
             if not job.targets:
@@ -102,6 +105,7 @@ class WindowStepper:
             torch.cuda.synchronize(out.device)
         self.stats.model_seconds += time.perf_counter() - t0
         self.stats.nfe += x_in.shape[0]
+        self.stats.calls += 1
         out = out.to(x.dtype)
         if cfg:
             u, c = out[:n], out[n:]
