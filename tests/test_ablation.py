@@ -64,6 +64,19 @@ def test_sweeps_change_one_field_of_full_miga_and_validate():
     assert [r.key for r in ablation.select_rows(None, ["guides"], {"guides": [1, 3]})][-2:] == ["guides=1", "guides=3"]
 
 
+def test_reflection_mode_sweep():
+    base = preset("shapes", "miga")
+    rows = {r.key: r.config("shapes") for r in ablation.select_rows([], ["reflection"])}
+    assert rows == {"reflection=off": replace(base, reflection=False),
+                    "reflection=all": base,
+                    "reflection=fill": replace(base, reflect_during="fill"),
+                    "reflection=auto": replace(base, reflection_calibration="auto"),
+                    "reflection=auto-fill": replace(base, reflection_calibration="auto", reflect_during="fill")}
+    assert [ablation.describe(c, 16).split()[-1] for c in rows.values()] == ["refl.", "delta=0.01", "(fill)",
+                                                                             "delta=auto", "(fill)"]
+    assert [r.key for r in ablation.select_rows([], None)][-1] == "guides=6"  # not run unless asked for
+
+
 def test_default_prompts_fit_the_models():
     for prompt in ablation.DEFAULT_PROMPTS["shapes"]:
         parse_prompt(prompt)  # the shapes grammar
@@ -171,6 +184,8 @@ def test_resume_skips_finished_runs(tiny_run, capsys, monkeypatch):
     (["--thresholds", "-0.1"], "reflection threshold must be >= 0"),
     (["--sweeps", "guides", "--thresholds", "0.1"], "--thresholds is given but the threshold sweep is not run"),
     (["--guide-counts", "none"], "--guide-counts: give at least one value"),
+    (["--sweeps", "reflection", "--reflection-modes", "all,sometimes"], "unknown self-reflection mode 'sometimes'"),
+    (["--reflection-modes", "off"], "--reflection-modes is given but the reflection sweep is not run"),
     (["--prompts", "/nonexistent/prompts.txt"], "cannot read prompt file"),
     (["--prompt", "  "], "a prompt is empty"),
     (["--prompt", "a", "--prompt", "a"], "given twice"),

@@ -1,4 +1,4 @@
-"""``miga ablate``: the paper's ablation (Table 5 rows) and two parameter sweeps, measured.
+"""``miga ablate``: the paper's ablation (Table 5 rows) and parameter sweeps, measured.
 
 Every row is a config transform of the model's own preset (README's switch table)::
 
@@ -8,7 +8,8 @@ Every row is a config transform of the model's own preset (README's switch table
     dce      DCE alone             MIGA preset, zigzag_width=1, stage2_steps=0 (guides and reflection on)
     miga     MIGA                  the MIGA preset as it is
 
-and the sweeps vary one field of the full MIGA preset (``threshold``: delta_adju, ``guides``: m_guid).
+and the sweeps vary one field of the full MIGA preset (``threshold``: delta_adju, ``guides``: m_guid) or its
+self-reflection mode (``reflection``: :data:`REFLECTION_MODES`).
 
 For each (row, prompt, seed) a video is generated with :class:`~miga.pipeline.LongVideo`, written to an
 MP4 and decoded again, so that every metric comes from the file, as VBench does: the four VBench-Long
@@ -78,12 +79,25 @@ TABLE5 = (
 """The rows of the paper's Table 5, in its order."""
 ROWS = {row.key: row for row in TABLE5}
 
+REFLECTION_MODES = {
+    "off": {"reflection": False},
+    "all": {"reflect_during": "all", "reflection_calibration": "fixed"},
+    "fill": {"reflect_during": "fill", "reflection_calibration": "fixed"},
+    "auto": {"reflect_during": "all", "reflection_calibration": "auto"},
+    "auto-fill": {"reflect_during": "fill", "reflection_calibration": "auto"},
+}
+"""Self-reflection modes (issue 15): off, every Stage-1 pass with delta_adju (paper A.1.3), only while the
+queue fills (released code), and the calibrated threshold (``reflection_calibration="auto"``) each way."""
+
 SWEEPS = {
     "threshold": ("reflection_threshold", "delta_adju", (0.005, 0.01, 0.02, 0.05)),
     "guides": ("guides", "m_guid", (0, 2, 4, 6)),
+    "reflection": (REFLECTION_MODES, "self-reflection mode", tuple(REFLECTION_MODES)),
 }
-"""Sweep name -> (config field, paper symbol, default values); each value is the full MIGA preset with that
-field changed. The defaults all validate for f_0 = 16 (the built-in models)."""
+"""Sweep name -> (config field, or a dict from each value to its field changes; paper symbol or name; default
+values); each value is the full MIGA preset with that change. The defaults all validate for f_0 = 16 (the
+built-in models)."""
+DEFAULT_SWEEPS = ("threshold", "guides")
 
 DEFAULT_PROMPTS = {
     "shapes": (
@@ -115,8 +129,11 @@ def sweep_rows(name: str, values: Sequence | None = None) -> list[Row]:
     rows = []
     for v in default if values is None else values:
         text = _value_text(v)
+        if isinstance(fld, dict) and v not in fld:
+            raise MigaError(f"unknown {symbol} {v!r}; choose from {', '.join(fld)}")
+        changes = fld[v] if isinstance(fld, dict) else {fld: v}
         rows.append(Row(f"{name}={text}", f"MIGA, {symbol} = {text}", name,
-                        lambda p, v=v, fld=fld: _miga(p).with_(**{fld: v})))
+                        lambda p, changes=changes: _miga(p).with_(**changes)))
     return rows
 
 
@@ -130,7 +147,7 @@ def select_rows(rows: Sequence[str] | None = None, sweeps: Sequence[str] | None 
     if len(set(keys)) != len(keys):
         raise MigaError("a row is named twice in --rows")
     out = [ROWS[k] for k in keys]
-    for name in list(SWEEPS) if sweeps is None else sweeps:
+    for name in DEFAULT_SWEEPS if sweeps is None else sweeps:
         out += sweep_rows(name, (values or {}).get(name))
     if not out:
         raise MigaError("nothing to run: give --rows or --sweeps")
@@ -143,9 +160,15 @@ def describe(config: Config, native_frames: int) -> str:
         return (f"T={config.steps(native_frames)} (n={config.partitions})"
                 + (", lookahead" if config.lookahead else ""))
     parts = [f"T={config.steps}", f"L_zig={config.zigzag_width}", f"K2={config.stage2_steps}",
-             f"m={config.guides}", f"delta={_value_text(config.reflection_threshold)}" if config.reflection
-             else "no refl."]
+             f"m={config.guides}", _reflection_text(config)]
     return " ".join(parts)
+
+
+def _reflection_text(config: MIGAConfig) -> str:
+    if not config.reflection:
+        return "no refl."
+    delta = "auto" if config.reflection_calibration == "auto" else _value_text(config.reflection_threshold)
+    return f"delta={delta}" + (" (fill)" if config.reflect_during == "fill" else "")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -527,8 +550,8 @@ def markdown(result: dict) -> str:
     if distances:
         heads += [f"{IDENTITY_HEADS[identity['kind']]} {d}" for d in distances]
     heads += ["NFE/frame", "s/frame", "refl. trig./adopt."]
-    titles = {"table5": "Table 5 rows", **{name: f"Sweep: {SWEEPS[name][1]} ({SWEEPS[name][0]}) on full MIGA"
-                                           for name in SWEEPS}}
+    titles = {"table5": "Table 5 rows", **{name: f"Sweep: {symbol}" + ("" if isinstance(fld, dict) else f" ({fld})")
+                                           + " on full MIGA" for name, (fld, symbol, _) in SWEEPS.items()}}
     lines = [f"Command: `{result['command']}`", "",
              f"Model `{result['model']}` ({result['frame_size']}, {result['fps']:g} fps, f_0 = "
              f"{result['native_frames']}, preset `{result['preset']}`), {result['frames']} frames, "
@@ -601,11 +624,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--rows", metavar="LIST", help=f"comma-separated Table-5 rows: {', '.join(ROWS)} "
                         "(default: all) or none")
     parser.add_argument("--sweeps", metavar="LIST", help=f"comma-separated sweeps of full MIGA: "
-                        f"{', '.join(SWEEPS)} (default: both) or none")
+                        f"{', '.join(SWEEPS)} (default: {','.join(DEFAULT_SWEEPS)}) or none")
     parser.add_argument("--thresholds", metavar="LIST", help="threshold sweep values (default "
                         f"{','.join(map(_value_text, SWEEPS['threshold'][2]))})")
     parser.add_argument("--guide-counts", metavar="LIST", help="guides sweep values (default "
                         f"{','.join(map(str, SWEEPS['guides'][2]))})")
+    parser.add_argument("--reflection-modes", metavar="LIST", help="reflection sweep values (default "
+                        f"{','.join(REFLECTION_MODES)}: no reflection, every pass, while the queue fills, the "
+                        "calibrated threshold on every pass or while filling)")
     parser.add_argument("--prompt", dest="prompt_list", action="append", default=[], metavar="TEXT",
                         help="a prompt (one video per prompt and seed); repeat for several")
     parser.add_argument("--prompts", metavar="FILE", help="a file of prompts, one per line (blank lines and "
@@ -682,13 +708,15 @@ def ablate(args) -> int:
     if not seeds:
         raise MigaError("--seeds: give at least one seed")
     values = {"threshold": _list(args.thresholds, "--thresholds", float),
-              "guides": _list(args.guide_counts, "--guide-counts", int)}
-    for flag, given in (("--thresholds", values["threshold"]), ("--guide-counts", values["guides"])):
-        if given == []:
+              "guides": _list(args.guide_counts, "--guide-counts", int),
+              "reflection": _list(getattr(args, "reflection_modes", None), "--reflection-modes")}
+    flags = (("threshold", "--thresholds"), ("guides", "--guide-counts"), ("reflection", "--reflection-modes"))
+    for name, flag in flags:
+        if values[name] == []:
             raise MigaError(f"{flag}: give at least one value (or leave the sweep out of --sweeps)")
     sweeps = _list(args.sweeps, "--sweeps")
-    for name, flag in (("threshold", "--thresholds"), ("guides", "--guide-counts")):
-        if values[name] is not None and sweeps is not None and name not in sweeps:
+    for name, flag in flags:
+        if values[name] is not None and name not in (DEFAULT_SWEEPS if sweeps is None else sweeps):
             raise MigaError(f"{flag} is given but the {name} sweep is not run; add it to --sweeps")
     rows = select_rows(_list(args.rows, "--rows"), sweeps, values)
     if args.prompts and args.prompt_list:
