@@ -23,16 +23,20 @@ def test_a_cell_reports_consistent_figures(method):
     assert r["nfe"] > 0 and r["nfe_per_frame"] == pytest.approx(r["nfe"] / frames)
     parts = r["model_seconds"] + r["decode_seconds"] + r["write_seconds"] + r["engine_seconds"]
     assert parts == pytest.approx(r["seconds"]) and r["engine_seconds"] >= 0
-    assert 0 < r["first_frame_seconds"] <= r["seconds"]
+    assert 0 < r["first_frame_seconds"] <= r["seconds"] and 0 < r["first_frame_nfe"] <= r["nfe"]
+    assert 0 < r["calls"] <= r["nfe"] and r["calls_per_frame"] == pytest.approx(r["calls"] / frames)
     assert r["peak_rss_mib"] > 50 and r["peak_gpu_mib"] is None
     if method == "native":  # T model calls on one clip, no guidance
         assert r["nfe"] == 32
 
 
 def test_miga_without_dce_costs_fewer_model_calls_than_full_miga():
-    lean = run_cell({"model": "gaussian", "method": "miga-no-dce", "frames": 40})
-    full = run_cell({"model": "gaussian", "method": "miga", "frames": 40})
+    lean = run_cell({"model": "gaussian", "method": "miga-no-dce", "frames": 96})
+    full = run_cell({"model": "gaussian", "method": "miga", "frames": 96})
     assert lean["nfe"] < full["nfe"]
+    assert lean["reflection_checks"] == 0 and full["reflection_checks"] >= full["reflection_triggers"] > 0
+    assert full["reflection_triggers"] >= full["reflection_adoptions"]
+    assert full["calls"] < full["nfe"]  # the candidates of a search share model calls
 
 
 def _row(method, frames, seconds, rss):
@@ -46,6 +50,10 @@ def test_table_ratios_are_to_fifo_at_the_same_length():
     text = table(rows)
     line = next(row for row in text.splitlines() if "| MIGA |" in row)
     assert "| 2.50 |" in line and "| 1.100 |" in line and "2.0 %" in line
+    rows[1].update(reflection_checks=9, reflection_triggers=4, reflection_adoptions=3, first_frame_nfe=700,
+                   calls_per_frame=1.25)
+    line = next(row for row in table(rows).splitlines() if "| MIGA |" in row)
+    assert "| 9 / 4 / 3 |" in line and "| 1.00 (700) |" in line and "| 1.25 |" in line
     assert "peak memory at 1000 frames / at 200: 1.000" in length_summary(rows)
 
 

@@ -3,11 +3,14 @@
 Each cell (model, method, length) runs in a fresh subprocess, so its peak memory (RSS on the CPU,
 ``torch.cuda.max_memory_allocated`` on a GPU) is its own. Per cell:
 
-- NFE per output frame (model calls, each guidance branch counted);
+- NFE per output frame (windows through the model, each guidance branch counted) and model calls per frame
+  (batches of them: batched reflection candidates share calls);
 - seconds per output frame (generation and writing the MP4, after the model is loaded);
 - engine overhead: time in miga's own code (queue, solvers, reflection scores, tiling) as a fraction of
   model time, i.e. ``(total - model - decode - write) / model``;
-- time to the first written frame, from the start of generation.
+- time to the first written frame, from the start of generation, and the NFE spent before it;
+- self-reflection checks, triggered searches and adopted candidates (MIGA);
+- time relative to FIFO on the same model and length, measured in the same run.
 
 ``native`` is plain sampling of one f_0-latent clip (Eq. 1), the reference for seconds per latent.
 ``wan-1.3b-random`` is Wan2.1-T2V-1.3B's transformer and VAE at full size with random weights, and
@@ -116,7 +119,7 @@ def run_cell(cell: dict) -> dict:
     video = LongVideo(backbone, PROMPTS[cell["model"]], frames, config, seed=cell.get("seed", 0))
     timed = TimedDecoder(backbone.decoder(), sync)
     video.backbone = _WithDecoder(backbone, timed)
-    first = None
+    first, first_nfe = None, None
     write_seconds = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         with VideoWriter(os.path.join(tmp, "bench.mp4"), backbone.fps) as writer:
@@ -126,7 +129,7 @@ def run_cell(cell: dict) -> dict:
                 writer.write(frame)
                 write_seconds += time.perf_counter() - t
                 if first is None:
-                    first = time.perf_counter() - t0
+                    first, first_nfe = time.perf_counter() - t0, video.stats.nfe
     sync()
     total = time.perf_counter() - t0
     s = video.stats
@@ -138,7 +141,9 @@ def run_cell(cell: dict) -> dict:
         "seconds_per_latent": total / latents, "model_seconds": s.model_seconds, "decode_seconds": timed.seconds,
         "write_seconds": write_seconds, "engine_seconds": engine,
         "engine_overhead": engine / s.model_seconds if s.model_seconds else None,
-        "first_frame_seconds": first,
+        "first_frame_seconds": first, "first_frame_nfe": first_nfe, "calls": s.calls,
+        "calls_per_frame": s.calls / frames, "reflection_checks": s.reflection_checks,
+        "reflection_triggers": s.reflection_triggers, "reflection_adoptions": s.reflection_adoptions,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
         "device": str(getattr(backbone, "device", "cpu")),
@@ -194,8 +199,9 @@ def table(results: Sequence[dict]) -> str:
     fifo = {(r["model"], r["frames"]): r for r in results if r["method"] == "fifo"}
     gpu = any(r["peak_gpu_mib"] is not None for r in results)
     mem = "peak GPU MiB" if gpu else "peak RSS MiB"
-    lines = [f"| model | method | frames | NFE/frame | s/frame | time / FIFO | engine overhead | first frame s | "
-             f"{mem} | {mem.split()[1]} / FIFO |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| model | method | frames | NFE/frame | calls/frame | s/frame | time / FIFO | engine overhead | "
+             f"first frame s (NFE) | refl. checks / trig. / adopt. | {mem} | {mem.split()[1]} / FIFO |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         ref = fifo.get((r["model"], r["frames"]))
         peak = r["peak_gpu_mib"] if gpu else r["peak_rss_mib"]
@@ -203,8 +209,12 @@ def table(results: Sequence[dict]) -> str:
         ratio = f"{r['seconds'] / ref['seconds']:.2f}" if ref else "-"
         mem_ratio = f"{peak / ref_peak:.3f}" if ref and peak and ref_peak else "-"
         overhead = "-" if r["engine_overhead"] is None else f"{100 * r['engine_overhead']:.1f} %"
+        calls = f"{r['calls_per_frame']:.2f}" if "calls_per_frame" in r else "-"
+        first = f"{r['first_frame_seconds']:.2f}" + (f" ({r['first_frame_nfe']})" if r.get("first_frame_nfe") else "")
+        refl = (f"{r['reflection_checks']} / {r['reflection_triggers']} / {r['reflection_adoptions']}"
+                if r.get("reflection_checks") else "-")
         lines.append(f"| {r['model']} | {METHOD_NAMES[r['method']]} | {r['frames']} | {r['nfe_per_frame']:.2f} | "
-                     f"{r['seconds_per_frame']:.4f} | {ratio} | {overhead} | {r['first_frame_seconds']:.2f} | "
+                     f"{calls} | {r['seconds_per_frame']:.4f} | {ratio} | {overhead} | {first} | {refl} | "
                      f"{peak:.0f} | {mem_ratio} |")
     return "\n".join(lines)
 
