@@ -37,6 +37,8 @@ def test_miga_without_dce_costs_fewer_model_calls_than_full_miga():
     assert lean["reflection_checks"] == 0 and full["reflection_checks"] >= full["reflection_triggers"] > 0
     assert full["reflection_triggers"] >= full["reflection_adoptions"]
     assert full["calls"] < full["nfe"]  # the candidates of a search share model calls
+    assert 0 < full["reflection_nfe"] < full["nfe"] and lean["reflection_nfe"] == 0
+    assert full["first_frame_reflection_nfe"] <= full["first_frame_nfe"]
 
 
 def _row(method, frames, seconds, rss):
@@ -51,9 +53,9 @@ def test_table_ratios_are_to_fifo_at_the_same_length():
     line = next(row for row in text.splitlines() if "| MIGA |" in row)
     assert "| 2.50 |" in line and "| 1.100 |" in line and "2.0 %" in line
     rows[1].update(reflection_checks=9, reflection_triggers=4, reflection_adoptions=3, first_frame_nfe=700,
-                   calls_per_frame=1.25)
+                   first_frame_reflection_nfe=300, calls_per_frame=1.25)
     line = next(row for row in table(rows).splitlines() if "| MIGA |" in row)
-    assert "| 9 / 4 / 3 |" in line and "| 1.00 (700) |" in line and "| 1.25 |" in line
+    assert "| 9 / 4 / 3 |" in line and "| 1.00 (700, refl. 300) |" in line and "| 1.25 |" in line
     assert "peak memory at 1000 frames / at 200: 1.000" in length_summary(rows)
 
 

@@ -30,6 +30,7 @@ def test_batched_candidates_match_the_sequential_search(world, window_batch):
     assert bat_stats.reflection_adoptions == seq_stats.reflection_adoptions
     torch.testing.assert_close(bat, seq, rtol=1e-5, atol=1e-5)
     assert bat_stats.nfe == seq_stats.nfe  # the same windows ...
+    assert bat_stats.reflection_nfe == seq_stats.reflection_nfe > 0
     saved = seq_stats.calls - bat_stats.calls  # ... in fewer calls: n_samp candidates share each one
     assert saved >= seq_stats.reflection_triggers * (cfg.reflection_samples - 1) * cfg.reflection_judge_steps
 

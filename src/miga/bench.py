@@ -8,7 +8,8 @@ Each cell (model, method, length) runs in a fresh subprocess, so its peak memory
 - seconds per output frame (generation and writing the MP4, after the model is loaded);
 - engine overhead: time in miga's own code (queue, solvers, reflection scores, tiling) as a fraction of
   model time, i.e. ``(total - model - decode - write) / model``;
-- time to the first written frame, from the start of generation, and the NFE spent before it;
+- time to the first written frame, from the start of generation, and the NFE spent before it (and how many
+  of those self-reflection's searches spent);
 - self-reflection checks, triggered searches and adopted candidates (MIGA);
 - time relative to FIFO on the same model and length, measured in the same run.
 
@@ -119,7 +120,7 @@ def run_cell(cell: dict) -> dict:
     video = LongVideo(backbone, PROMPTS[cell["model"]], frames, config, seed=cell.get("seed", 0))
     timed = TimedDecoder(backbone.decoder(), sync)
     video.backbone = _WithDecoder(backbone, timed)
-    first, first_nfe = None, None
+    first, first_nfe, first_reflection_nfe = None, None, None
     write_seconds = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         with VideoWriter(os.path.join(tmp, "bench.mp4"), backbone.fps) as writer:
@@ -130,6 +131,7 @@ def run_cell(cell: dict) -> dict:
                 write_seconds += time.perf_counter() - t
                 if first is None:
                     first, first_nfe = time.perf_counter() - t0, video.stats.nfe
+                    first_reflection_nfe = video.stats.reflection_nfe
     sync()
     total = time.perf_counter() - t0
     s = video.stats
@@ -141,7 +143,8 @@ def run_cell(cell: dict) -> dict:
         "seconds_per_latent": total / latents, "model_seconds": s.model_seconds, "decode_seconds": timed.seconds,
         "write_seconds": write_seconds, "engine_seconds": engine,
         "engine_overhead": engine / s.model_seconds if s.model_seconds else None,
-        "first_frame_seconds": first, "first_frame_nfe": first_nfe, "calls": s.calls,
+        "first_frame_seconds": first, "first_frame_nfe": first_nfe,
+        "first_frame_reflection_nfe": first_reflection_nfe, "reflection_nfe": s.reflection_nfe, "calls": s.calls,
         "calls_per_frame": s.calls / frames, "reflection_checks": s.reflection_checks,
         "reflection_triggers": s.reflection_triggers, "reflection_adoptions": s.reflection_adoptions,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -210,7 +213,10 @@ def table(results: Sequence[dict]) -> str:
         mem_ratio = f"{peak / ref_peak:.3f}" if ref and peak and ref_peak else "-"
         overhead = "-" if r["engine_overhead"] is None else f"{100 * r['engine_overhead']:.1f} %"
         calls = f"{r['calls_per_frame']:.2f}" if "calls_per_frame" in r else "-"
-        first = f"{r['first_frame_seconds']:.2f}" + (f" ({r['first_frame_nfe']})" if r.get("first_frame_nfe") else "")
+        first = f"{r['first_frame_seconds']:.2f}"
+        if r.get("first_frame_nfe"):
+            first += f" ({r['first_frame_nfe']}" + (f", refl. {r['first_frame_reflection_nfe']}"
+                                                    if r.get("first_frame_reflection_nfe") else "") + ")"
         refl = (f"{r['reflection_checks']} / {r['reflection_triggers']} / {r['reflection_adoptions']}"
                 if r.get("reflection_checks") else "-")
         lines.append(f"| {r['model']} | {METHOD_NAMES[r['method']]} | {r['frames']} | {r['nfe_per_frame']:.2f} | "

@@ -77,7 +77,10 @@ class SelfReflection:
         self.stats.reflection_triggers += 1
         indices = [s.index for s in queue[p:]]
         best, best_score = None, score
-        for cand in self._candidates(refs, indices, [f"reflect{check}/{i}" for i in range(self.samples)]):
+        nfe = self.stats.nfe
+        candidates = self._candidates(refs, indices, [f"reflect{check}/{i}" for i in range(self.samples)])
+        self.stats.reflection_nfe += self.stats.nfe - nfe
+        for cand in candidates:
             cand_score = consistency_score(torch.stack([s.latent for s in cand[:L]]), ref_latents, self.mode)
             if cand_score > best_score:
                 best, best_score = cand, cand_score

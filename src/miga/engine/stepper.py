@@ -29,7 +29,8 @@ class WindowJob:
 @dataclass
 class Stats:
     """Counters reported by ``--stats``: network evaluations (``nfe``: windows through the model, each
-    guidance branch counted), model calls (``calls``: batches of them) and self-reflection."""
+    guidance branch counted), model calls (``calls``: batches of them) and self-reflection (checks,
+    triggered searches, adopted candidates, the NFE its searches spent and every score)."""
 
     nfe: int = 0
     calls: int = 0
@@ -37,6 +38,7 @@ class Stats:
     reflection_checks: int = 0
     reflection_triggers: int = 0
     reflection_adoptions: int = 0
+    reflection_nfe: int = 0
     reflection_scores: list[float] = field(default_factory=list)
 
 
