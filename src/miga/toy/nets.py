@@ -25,7 +25,9 @@ class ToyConfig:
     ``arch``: ``conv`` (model v1: spatial and dilated temporal convolutions) or ``attention`` (model v2,
     in the mould of VideoCrafter2: per-block spatial conv, spatial self-attention, temporal conv and temporal
     self-attention with a relative-position bias, so that windows longer than f_0 stay defined);
-    ``heads``: attention heads (v2); ``max_distance``: frame distances beyond it share one relative bias.
+    ``heads``: attention heads (v2); ``max_distance``: frame distances beyond it share one relative bias;
+    ``patch``: the denoiser works on ``patch`` x ``patch`` groups of latent cells (pixel-unshuffled, like
+    Wan's 1x2x2 patches), so a finer autoencoder (fewer ``ae_widths`` stages) costs the denoiser nothing.
     """
 
     frame_size: int = 64
@@ -38,6 +40,7 @@ class ToyConfig:
     arch: str = "conv"
     heads: int = 4
     max_distance: int = 16
+    patch: int = 1
 
     @classmethod
     def tiny(cls) -> "ToyConfig":
@@ -46,13 +49,16 @@ class ToyConfig:
 
     @classmethod
     def v2(cls) -> "ToyConfig":
-        """Model v2: temporal self-attention (VideoCrafter2-like), sized for a 2-core CPU budget."""
-        return cls(arch="attention", width=64, depth=4, embed=128, heads=4)
+        """Model v2: temporal self-attention (VideoCrafter2-like), sized for a 2-core CPU budget; a 4x
+        autoencoder (64x64 frames -> 4x16x16 latents, which keeps the corners of squares and triangles) and
+        2x2 patches in the denoiser (8x8 tokens, the cost of v1's 8x latents)."""
+        return cls(ae_widths=(32, 64), arch="attention", width=64, depth=4, embed=128, heads=4, patch=2)
 
     @classmethod
     def tiny_v2(cls) -> "ToyConfig":
         """Model v2's architecture at smoke-test size."""
-        return cls(frame_size=32, ae_widths=(8, 8, 8), width=16, depth=2, embed=32, arch="attention", heads=2)
+        return cls(frame_size=32, ae_widths=(8, 8), width=16, depth=2, embed=32, arch="attention", heads=2,
+                   patch=2)
 
     @property
     def latent_size(self) -> int:
@@ -64,12 +70,14 @@ class ToyConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ToyConfig":
         d = dict(d)
+        d.setdefault("patch", 1)  # weights saved before the field existed
         d["ae_widths"] = tuple(d["ae_widths"])
         return cls(**d)
 
 
 class FrameAutoencoder(nn.Module):
-    """3xSxS frames in [0, 1] <-> latents of ``latent_channels`` x S/8 x S/8, normalised per channel.
+    """3xSxS frames in [0, 1] <-> latents of ``latent_channels`` x S/2^k x S/2^k (k = ``len(ae_widths)``),
+    normalised per channel.
 
     ``latent_mean``/``latent_std`` are measured after training, so that the denoiser sees unit-scale latents
     (the role of SD's scaling factor).
@@ -105,7 +113,7 @@ class FrameAutoencoder(nn.Module):
         return torch.sigmoid(self.decoder(z))
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """Frames ``[N, 3, S, S]`` in [0, 1] -> normalised latents ``[N, C, S/8, S/8]``."""
+        """Frames ``[N, 3, S, S]`` in [0, 1] -> normalised latents ``[N, C, latent_size, latent_size]``."""
         z = self.encode_raw(frames)
         return (z - self.latent_mean[:, None, None]) / self.latent_std[:, None, None]
 
@@ -168,7 +176,8 @@ class SpaceTimeDenoiser(nn.Module):
     def __init__(self, cfg: ToyConfig):
         super().__init__()
         c, w, e = cfg.latent_channels, cfg.width, cfg.embed
-        self.embed_dim = e
+        self.embed_dim, self.patch = e, cfg.patch
+        c = c * cfg.patch ** 2  # channels of a patch
         self.inp = nn.Conv3d(c, w, (1, 3, 3), padding=(0, 1, 1))
         self.time = nn.Sequential(nn.Linear(e, e), nn.SiLU(), nn.Linear(e, e))
         self.tokens = nn.ModuleList(nn.Embedding(n, e) for n in TOKEN_SIZES)
@@ -181,10 +190,14 @@ class SpaceTimeDenoiser(nn.Module):
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         prompt = sum(table(tokens[:, i]) for i, table in enumerate(self.tokens))  # [B, E]
         emb = F.silu(self.time(timestep_embedding(timesteps, self.embed_dim)) + prompt[:, None, :])  # [B, F, E]
+        p = self.patch
+        if p > 1:  # [B, C, F, h, w] -> [B, C·p², F, h/p, w/p]
+            x = F.pixel_unshuffle(x.transpose(1, 2), p).transpose(1, 2)
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)
-        return self.out(F.silu(self.out_norm(h)))
+        out = self.out(F.silu(self.out_norm(h)))
+        return F.pixel_shuffle(out.transpose(1, 2), p).transpose(1, 2) if p > 1 else out
 
 
 # ---------------------------------------------------------------------------------------------- model v2

@@ -75,8 +75,9 @@ class TrainConfig:
 
     @classmethod
     def v2(cls, **changes) -> "TrainConfig":
-        """Model v2's recipe: the world with hidden attributes, one noise level per clip, 12,000 steps."""
-        return replace(cls(hidden_attributes=True, steps=12000), **changes)
+        """Model v2's recipe: the world with hidden attributes, 2,500 autoencoder steps, one noise level per
+        clip, 12,000 denoiser steps."""
+        return replace(cls(hidden_attributes=True, ae_steps=2500, steps=12000), **changes)
 
     @classmethod
     def df(cls, **changes) -> "TrainConfig":
