@@ -54,10 +54,13 @@ PRELOAD = ["torch", "av", "tqdm", "miga.cli", "miga.pipeline", "miga.runs", "mig
            "miga.evaluation.latents", "miga.backbones.gaussian", "miga.backbones.shapes"]
 
 
-def _cli_in_child(argv, err_path):
+def _cli_in_child(argv, err_path, threads):
     import os
     import sys
 
+    import torch
+
+    torch.set_num_threads(threads)  # the forkserver's torch took OMP_NUM_THREADS; the test says how many
     fd = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 2)
     sys.exit(cli.main(list(argv)))
@@ -65,19 +68,23 @@ def _cli_in_child(argv, err_path):
 
 class ForkedCLI:
     """``miga ARGV`` in a separate process forked from a server that imported miga and torch once, so a
-    test can start (and SIGKILL) many runs without paying the imports each time. Popen-like: ``poll``,
+    test can start (and SIGKILL) many runs without paying the imports each time; torch runs with ``threads``
+    threads (default: the test process's count, whatever ``OMP_NUM_THREADS`` says). Popen-like: ``poll``,
     ``send_signal``, ``wait``, ``returncode`` (negative: killed by that signal) and ``stderr_text()``."""
 
     _context = None
 
-    def __init__(self, argv, err_path):
+    def __init__(self, argv, err_path, threads=None):
         import multiprocessing
+
+        import torch
 
         if ForkedCLI._context is None:
             ForkedCLI._context = multiprocessing.get_context("forkserver")
             ForkedCLI._context.set_forkserver_preload(PRELOAD)
         self.err_path = str(err_path)
-        self.process = ForkedCLI._context.Process(target=_cli_in_child, args=([str(a) for a in argv], self.err_path))
+        args = ([str(a) for a in argv], self.err_path, threads or torch.get_num_threads())
+        self.process = ForkedCLI._context.Process(target=_cli_in_child, args=args)
         self.process.start()
 
     def poll(self):

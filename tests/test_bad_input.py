@@ -12,6 +12,7 @@ import os
 import shutil
 
 import pytest
+import torch
 
 from miga.runs import CHECKPOINT, RUN_FILE, VideoRun
 from cli_helpers import run
@@ -98,10 +99,10 @@ CASES = [
     (gen("--save-latents", "{d}/nodir/lat.safetensors"), "does not exist"),
     # ---- run dirs
     (gen("--run-dir", "{d}/out.mp4"), "not a folder"),
-    (gen("--run-dir", "{d}/nodir/run"), "does not exist"),
+    (gen("--run-dir", "{d}/out.mp4/run"), "is a file"),  # a missing parent is created (issue 19.4)
     (gen("--run-dir", "{d}/notrun"), "not empty"),
     (again("--seed", "5"), "--seed differs"),
-    (again("--stride", "4"), "config field stride differs"),
+    (again("--stride", "4"), "--stride differs"),
     (again("--method", "fifo"), "--method differs"),
     (resume("missing"), "does not exist"),
     (resume("notrun"), "holds no miga run"),
@@ -111,7 +112,7 @@ CASES = [
     (resume("run", "another prompt"), "the prompts differs"),
     (resume("run", "--out", "{d}/other.mp4"), "--out differs"),
     (resume("run", "--save-latents"), "--save-latents"),
-    (resume("run", "--guidance-scale", "2"), "config field guidance_scale differs"),
+    (resume("run", "--guidance-scale", "2"), "--guidance-scale differs"),
     (resume("run", "--frames", "x"), "--frames"),
     (resume("run_badjson"), "damaged"),
     (resume("run_notjson"), "not a miga run record"),
@@ -128,6 +129,9 @@ CASES = [
     (["train-toy", "{d}/tt", "--threads", "0"], "--threads"),
     (["train-toy", "{d}/tt", "--model-size", "huge"], "--model-size"),
     (["train-toy", "{d}/tt", "--seed", "one"], "--seed"),
+    (["train-toy", "{d}/out.mp4"], "not a folder"),  # issue 19.3: RUN_DIR is a file
+    (["train-toy", "{d}/out.mp4/run"], "is a file"),
+    (["train-toy", "{d}/tt", "--steps", "0"], "--steps 0 trains no denoiser"),  # issue 19.6: trained 3000 steps
     # ---- miga eval
     (["eval", "{d}/missing.mp4"], "cannot read video"),
     (["eval", "{d}/junk.mp4"], "cannot read video"),
@@ -143,9 +147,30 @@ CASES = [
     (["ablate", "--out", "{d}/abl", "--frames", "2"], "--frames"),
     (["ablate", "--out", "{d}/abl", "--rows", "bogus"], "bogus"),
     (["ablate", "--out", "{d}/abl", "--seeds", "x"], "seed"),
-    (["ablate", "--out", "{d}/nodir/abl"], "does not exist"),
+    (["ablate", "--out", "{d}/out.mp4/abl"], "is a file"),  # a missing parent is created (issue 19.4)
     (["ablate", "--out", "{d}/abl", "--model", "nope"], "unknown model"),
     (["ablate"], "--out"),
+    # ---- issue 19
+    *([(gen("--device", "cuda"), "built without CUDA")] if torch.version.cuda is None else []),
+    *([(gen("--device", "cuda:0"), "no CUDA GPU")] if torch.version.cuda and not torch.cuda.is_available() else []),
+    *([(gen("--device", "mps"), "MPS")] if not torch.backends.mps.is_available() else []),
+    (gen("--device", "tpu"), "unknown device 'tpu'"),
+    (gen("--device", "meta"), "miga runs on cpu, cuda or mps"),
+    (gen("--stats", "{d}"), "it is a folder"),  # failed after the whole video
+    (gen("--stats", "/sys/miga-stats.json"), "cannot write /sys/miga-stats.json"),
+    (gen("--preview", "/sys/miga-sheet.png"), "cannot write /sys/miga-sheet.png"),
+    (gen("--save-latents", "/sys/miga.safetensors"), "cannot write /sys/miga.safetensors"),
+    (gen("--out", "{d}/folder.mp4"), "it is a folder"),
+    (["eval", "{d}/out.mp4", "--json", "{d}"], "it is a folder"),
+    (bare("x", "--model", "{d}/models/wan2.1-1.3b"), "download the model into it first"),  # not a "hub id"
+    (bare("a red circle", "--model", "{d}/toyrun/loss.png"), "is a file of the 'miga train-toy' run"),
+    (bare("a red circle", "--model", "{d}/toyrun/checkpoint.pt"), "toyrun/shapes.safetensors"),
+    (resume("run_file", "--prompt", "b"), "the prompts differs"),  # said "not both"
+    (resume("run", "--steps", "20"), "--steps differs (null in the run, 20 now)"),  # said "config field steps"
+    (resume("run", "--preset", "shapes"), "--preset differs"),
+    (again("--steps", "20"), "--steps differs"),
+    (resume("gone"), "gone.mp4 no longer exist(s)"),  # said "wrote gone.mp4" and wrote nothing
+    (gen("--no-reflection", "--reflection-threshold", "0.02"), "--no-reflection"),
 ]
 
 
@@ -153,8 +178,8 @@ def _stop_after(frames: int):
     """Make every ``VideoRun.generate`` stop (with a checkpoint, like Ctrl-C) once ``frames`` are made."""
     real = VideoRun.generate
 
-    def generate(self, on_frame=None, stop=None):
-        return real(self, on_frame, lambda: self.frames_done >= frames)
+    def generate(self, on_frame=None, stop=None, **kwargs):
+        return real(self, on_frame, lambda: self.frames_done >= frames, **kwargs)
     return generate
 
 
@@ -187,6 +212,15 @@ def outputs(tmp_path_factory):
             code = _quiet([*RUN, "--out", f"{{d}}/{name}.mp4", "--run-dir", f"{{d}}/{name}"], d)
             assert code == 130 and os.path.getsize(d / f"{name}.mp4.partial") > 0
         shutil.copy(d / "other" / CHECKPOINT, d / "run_foreign" / CHECKPOINT)
+        mp.undo()
+        assert _quiet(["generate", "--prompts", "{d}/prompts.txt", *RUN[2:], "--out", "{d}/run_file.mp4",
+                       "--run-dir", "{d}/run_file"], d) == 0
+        assert _quiet([*RUN, "--out", "{d}/gone.mp4", "--run-dir", "{d}/gone"], d) == 0
+        os.remove(d / "gone.mp4")  # a complete run whose video was deleted
+        (d / "folder.mp4").mkdir()
+        (d / "toyrun").mkdir()  # a train-toy run dir before training completed
+        (d / "toyrun" / "checkpoint.pt").write_bytes(b"a training checkpoint")
+        (d / "toyrun" / "loss.png").write_bytes(b"\x89PNG a loss plot")
         os.remove(d / "stopped_novideo.mp4.partial")
         os.remove(d / "stopped_nolatents" / "latents.safetensors.partial")
     finally:

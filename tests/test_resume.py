@@ -246,3 +246,55 @@ def test_a_run_dir_in_use_is_refused(tmp_path, capsys):
         code, _, err = run(capsys, *argv)
     assert code == 2 and "in use by another miga process" in err and len(err.strip().splitlines()) == 1
     assert (tmp_path / "v.mp4").read_bytes() == before
+
+
+# ---------------------------------------------------------------- issue 19
+def frames_made(err_path):
+    """The last frame count the progress bar wrote to ``err_path`` (0 before the first)."""
+    import re
+
+    try:
+        text = open(err_path, encoding="utf-8", errors="replace").read()
+    except FileNotFoundError:
+        return 0
+    counts = re.findall(r"\| *(\d+)/\d+ \[", text)
+    return int(counts[-1]) if counts else 0
+
+
+def test_a_killed_run_without_run_dir_leaves_a_partial_video_that_plays(tmp_path):
+    """Issue 19.1: ``miga generate`` without ``--run-dir`` killed with -9 leaves an ``OUT.partial`` that plays
+    up to its last fragment (before, FFmpeg's write buffer held everything: 28 bytes, "moov atom not found")."""
+    out, err = tmp_path / "k.mp4", tmp_path / "err"
+    proc = ForkedCLI(["generate", "x", "--model", "gaussian", "--height", "32", "--width", "32", "--method", "fifo",
+                      "--frames", "5000", "--out", out], err)
+    code, text = stop_when(proc, lambda: frames_made(err) >= 120)
+    assert code == -signal.SIGKILL, f"the run ended before it was killed: {text}"
+    made = frames_made(err)  # at least this many were handed to the encoder
+    # the encoder's lookahead (about 45 frames) and the open fragment (up to 1 s = 8 frames) are lost
+    assert made - 45 - 8 <= frames_in(str(out) + ".partial") <= 5000
+    assert not out.exists()
+
+
+def test_resume_at_another_thread_count_is_exact(tmp_path, tmp_path_factory, capsys):
+    """Issue 19.2: a run started with 2 torch threads, killed, and resumed by a process with 1 thread makes
+    the latents and video of an uninterrupted 2-thread run (CPU kernels sum in another order with another
+    thread count: 5.9e-6 apart before): the run records its thread count and a resume uses it, saying so."""
+    case = ("shapes", "fifo")
+    run_dir, out, lat = outputs(tmp_path)
+    code, err = stop_when(ForkedCLI(argv_for(case, tmp_path), tmp_path / "err", threads=2),
+                          after_checkpoints(run_dir, 1))
+    assert code == -signal.SIGKILL, f"the run ended before it was killed: {err}"
+    assert torch.get_num_threads() == 1
+    code, _, err = run(capsys, "generate", "--resume", run_dir, "--no-progress")
+    assert code == 0, err
+    assert "2 torch threads" in err and torch.get_num_threads() == 1, err
+    torch.set_num_threads(2)
+    try:
+        folder = tmp_path_factory.mktemp("two-threads")
+        code, _, err = run(capsys, *argv_for(case, folder))
+        assert code == 0, err
+    finally:
+        torch.set_num_threads(1)
+    assert torch.equal(read_latents(lat)[0], read_latents(outputs(folder)[2])[0])
+    assert open(out, "rb").read() == open(outputs(folder)[1], "rb").read()
+    assert not torch.equal(read_latents(lat)[0], reference(case, tmp_path_factory, capsys)[0])  # 1 thread differs

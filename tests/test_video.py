@@ -111,3 +111,41 @@ def test_the_same_frames_give_the_same_file(tmp_path):
                 writer.write(f)
         digests.append(hashlib.sha256((tmp_path / f"{k}.mp4").read_bytes()).hexdigest())
     assert len(set(digests)) == 1
+
+
+def noisy_frames(n, side, seed=0):
+    """Frames that H.264 cannot shrink much (so fragments have some size)."""
+    rng = np.random.default_rng(seed)
+    return [(rng.random((side, side, 3)) * 60 + 3 * t).astype(np.uint8) for t in range(n)]
+
+
+def test_an_open_writers_partial_file_plays_up_to_its_last_fragment(tmp_path):
+    """Issue 19.1: the ``.partial`` file of a writer still open (a process killed with -9 leaves it so) holds
+    every finished fragment, not just the 28-byte ``ftyp`` that FFmpeg's 32 KB write buffer let through."""
+    path, copy = tmp_path / "v.mp4", tmp_path / "copy.mp4"
+    vw = VideoWriter(path, fps=12)
+    for f in noisy_frames(72, 64):  # 6 s of video, about 40 KB: less than FFmpeg's buffer
+        vw.write(f)
+    copy.write_bytes((tmp_path / "v.mp4.partial").read_bytes())  # what a kill -9 now would leave
+    # x264 holds its lookahead (up to about 45 frames) and the muxer the open fragment (up to 1 s)
+    assert len(read_video(copy)[0]) >= 72 - 45 - 12
+    vw.abort()
+
+
+def test_a_file_cut_mid_fragment_reads_up_to_the_cut(tmp_path):
+    """Issue 19.1: a fragmented MP4 cut in the middle of a fragment (a kill during its write) still reads:
+    every frame before the cut packet, no error."""
+    from miga.mp4frag import top_boxes
+
+    path, cut = tmp_path / "v.mp4", tmp_path / "cut.mp4"
+    with VideoWriter(path, fps=12) as vw:
+        for f in noisy_frames(48, 64):
+            vw.write(f)
+    data = path.read_bytes()
+    mdats = [(off, size) for kind, off, size in top_boxes(data) if kind == "mdat"]
+    assert len(mdats) >= 3
+    off, size = mdats[2]
+    cut.write_bytes(data[:off + size // 2])  # half of the third fragment's frames
+    frames = read_video(cut)[0]
+    assert 24 < len(frames) < 36
+    assert np.abs(frames.astype(int) - read_video(path)[0][:len(frames)]).max() == 0

@@ -697,13 +697,9 @@ def ablate(args) -> int:
     from miga.evaluation.features import ProxyFeatures, load_clip, load_dino
     from miga.evaluation.interpolation import FlowMidpoint, amt_interpolator
     from miga.pipeline import load_backbone
-    from miga.video import atomic_write_text
+    from miga.video import atomic_write_text, check_new_folder
 
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise MigaError(f"--out {args.out} is a file; give a folder")
-    parent = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(parent):
-        raise MigaError(f"cannot write {args.out}: directory {parent} does not exist")
+    check_new_folder(args.out, "--out")  # missing parents are created with it
     seeds = _list(args.seeds, "--seeds", int)
     if not seeds:
         raise MigaError("--seeds: give at least one seed")

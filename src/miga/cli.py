@@ -207,6 +207,9 @@ def _config(args, backbone):
                                 f"got {args.steps}")
             common["partitions"] = args.steps // f0
         return cfg.with_(**common)
+    if args.no_reflection and args.reflection_threshold is not None:
+        raise MigaError("--reflection-threshold sets self-reflection's threshold, which --no-reflection turns off; "
+                        "give one of them")
     fields = {field: getattr(args, field) for field in MIGA_ONLY}
     cfg = cfg.with_(steps=args.steps, **fields, **common)
     if args.no_reflection:
@@ -240,24 +243,33 @@ def _latents_path(args) -> str | None:
     if args.save_latents is None:
         return None
     from miga.evaluation.latents import default_latents_path
+    from miga.video import check_writable
 
     path = args.save_latents or default_latents_path(args.out)
     if not path.lower().endswith(".safetensors"):
         raise MigaError(f"--save-latents must name a .safetensors file, got {path}")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-        raise MigaError(f"cannot write {path}: directory {os.path.dirname(os.path.abspath(path))} does not exist")
+    check_writable(path)
     return path
 
 
-def _latent_writer(path: str, video, args):
+def _video_id(video, model: str) -> str:
+    """What ties a video to the latents saved with it (both keep it): the digest of what fixes the latents
+    (:func:`miga.runs.video_id`)."""
+    from miga.runs import video_id, video_identity
+
+    return video_id(video_identity(video, model))
+
+
+def _latent_writer(path: str, video, args, video_id: str):
     from miga.config import MIGAConfig
     from miga.evaluation.latents import LatentWriter
+    from miga.video import VIDEO_ID
 
     bb, cfg = video.backbone, video.config
     miga_cfg = isinstance(cfg, MIGAConfig)
     meta = {"frames": args.frames, "frames_per_latent": bb.frames_per_latent, "fps": bb.fps, "method": args.method,
             "chunk": cfg.zigzag_width if miga_cfg else 1, "refs": cfg.reflection_ref_chunks if miga_cfg else 1,
-            "score_mode": cfg.score_mode if miga_cfg else "frame"}
+            "score_mode": cfg.score_mode if miga_cfg else "frame", VIDEO_ID: video_id}
     return LatentWriter(path, video.num_latents, tuple(bb.latent_shape), meta)
 
 
@@ -284,11 +296,9 @@ def _explain_frame_rounding(video, frames: int) -> None:
 
 
 def generate(args) -> int:
-    from tqdm import tqdm
-
     from miga.pipeline import LongVideo, load_backbone
     from miga.preview import ContactSheet, check_preview_path
-    from miga.video import VideoWriter, atomic_write_text, prompts_metadata
+    from miga.video import VideoWriter, atomic_write_text, check_writable, prompts_metadata
 
     t0 = time.perf_counter()
     if args.resume is not None:
@@ -298,8 +308,8 @@ def generate(args) -> int:
     if not args.out.lower().endswith(".mp4"):
         raise MigaError(f"--out must name an .mp4 file, got {args.out}")
     for path in (args.out, args.stats):
-        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            raise MigaError(f"cannot write {path}: directory {os.path.dirname(os.path.abspath(path))} does not exist")
+        if path:
+            check_writable(path)
     if args.preview:
         check_preview_path(args.preview)
     latents_path = _latents_path(args)
@@ -312,17 +322,17 @@ def generate(args) -> int:
     if args.run_dir is not None:
         return _generate_run(args, video, latents_path)
     sheet = ContactSheet(args.frames) if args.preview else None
-    latents = _latent_writer(latents_path, video, args) if latents_path else None
-    bar = tqdm(total=args.frames, unit="frame", desc=f"{args.method} {backbone.name}", disable=args.no_progress,
-               dynamic_ncols=True)
+    video_id = _video_id(video, args.model)
+    latents = _latent_writer(latents_path, video, args, video_id) if latents_path else None
+    bar = _progress(args, args.frames, backbone.name)
     try:
-        with VideoWriter(args.out, backbone.fps,
-                         metadata=prompts_metadata(zip(prompts.starts, prompts.prompts))) as writer:
+        with VideoWriter(args.out, backbone.fps, metadata=prompts_metadata(zip(prompts.starts, prompts.prompts),
+                                                                          video_id)) as writer:
             for i, frame in enumerate(video.frames() if latents is None else video.frames(on_latent=latents.write)):
                 writer.write(frame)
                 if sheet is not None:
                     sheet.offer(i, frame)
-                bar.update(1)
+                _count_frame(bar)
             if latents is not None:
                 latents.close()
     except KeyboardInterrupt:
@@ -332,6 +342,7 @@ def generate(args) -> int:
         print(f"miga: interrupted; the unfinished video is {args.out}.partial", file=sys.stderr)
         return 130
     except BaseException:
+        bar.close()  # before the error line, so that it does not continue the bar's line
         if latents is not None:
             latents.abort()
         raise
@@ -385,6 +396,24 @@ def _recorded_options(args) -> dict:
     return options
 
 
+PROMPT_OPTIONS = ("prompt", "prompt_list", "prompts")
+"""The ``miga generate`` options that give the prompts: one of them replaces the others."""
+
+
+def _named_difference(exc: MigaError, args) -> MigaError:
+    """A run refused for a config field that options changed (``--steps`` changes FIFO's ``partitions``,
+    ``--preset`` many fields) names the options given, with their values in the run and now."""
+    from miga.runs import RunDifference
+
+    if not isinstance(exc, RunDifference) or not exc.difference.startswith("config field"):
+        return exc
+    stored, current = exc.record.get("cli") or {}, _recorded_options(args)
+    changed = [f"--{key.replace('_', '-')} differs ({json.dumps(stored[key])} in the run, {json.dumps(value)} now)"
+               for key, value in current.items()
+               if key in stored and key not in PROMPT_OPTIONS and json.loads(json.dumps(value)) != stored[key]]
+    return MigaError(str(exc).replace(exc.difference, ", ".join(changed))) if changed else exc
+
+
 def _resume_args(args):
     """``--resume DIR``: the recorded options of the run, with those given now on top (the run refuses
     them later if they change the video)."""
@@ -400,35 +429,68 @@ def _resume_args(args):
         raise MigaError(f"the run in {args.resume} was not started by miga generate; resume it from Python with "
                         "LongVideo.resume(run_dir)")
     merged = argparse.Namespace(**stored)
+    if any(key in given for key in PROMPT_OPTIONS):  # prompts given now replace the recorded ones
+        merged.prompt, merged.prompt_list, merged.prompts = None, [], None
     for key in RUN_SESSION_OPTIONS:
         setattr(merged, key, getattr(args, key, None))
     for key, value in given.items():
         setattr(merged, key, value)
     merged.run_dir, merged.no_progress = args.resume, args.no_progress
-    if not any(k in given for k in ("prompt", "prompt_list", "prompts")):
+    if not any(k in given for k in PROMPT_OPTIONS):
         entries = record["video"]["prompts"]
         merged.prompt, merged.prompt_list, merged.prompts = None, [], None
         merged.schedule = PromptSchedule(tuple(s for s, _ in entries), tuple(p for _, p in entries))
     return merged
 
 
+def _progress(args, total: int, name: str, initial: int = 0):
+    """The progress bar of a generation; until the first frame it says the queue is filling (MIGA's first
+    frame comes after a whole Stage-1 and Stage-2 fill, minutes on a large model)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=initial, unit="frame", desc=f"{args.method} {name}", disable=args.no_progress,
+               dynamic_ncols=True)
+    bar.set_postfix_str("filling the queue")
+    return bar
+
+
+def _count_frame(bar) -> None:
+    """One frame done on a bar from :func:`_progress` (the filling status goes with the first)."""
+    if bar.postfix:
+        bar.set_postfix_str("", refresh=False)
+    bar.update(1)
+
+
 def _generate_run(args, video, latents_path: str | None) -> int:
     """``miga generate --run-dir DIR`` / ``--resume DIR``: a checkpointed run (:mod:`miga.runs`)."""
     import signal
 
-    from tqdm import tqdm
+    import torch
 
     from miga.runs import VideoRun
     from miga.video import atomic_write_text
 
     load = {"model": args.model, "height": args.height, "width": args.width, "device": args.device,
             "dtype": args.dtype, **_diffusers_options(args)}
-    run = VideoRun.create(video, args.run_dir, args.out, checkpoint_every=args.checkpoint_every,
-                          save_latents=latents_path, load=load, cli=_recorded_options(args),
-                          resuming=args.resume is not None)
+    try:
+        run = VideoRun.create(video, args.run_dir, args.out, checkpoint_every=args.checkpoint_every,
+                              save_latents=latents_path, load=load, cli=_recorded_options(args),
+                              resuming=args.resume is not None)
+    except MigaError as exc:
+        raise _named_difference(exc, args) from None
     resumed = os.path.exists(run.checkpoint_path)
-    bar = tqdm(total=video.num_frames, unit="frame", desc=f"{args.method} {video.backbone.name}",
-               disable=args.no_progress, dynamic_ncols=True)
+    threads = ""
+    if run.threads is not None and run.threads != torch.get_num_threads():
+        threads = (f"; with {run.threads} torch threads, as it started (this process has {torch.get_num_threads()}): "
+                   "the same count keeps the resume exact")
+    bars = []  # the bar starts once the checkpoint is loaded, so that an error before stands on its own line
+
+    def on_start(frames: int) -> None:
+        if resumed or threads:
+            where = f" at frame {frames} of {video.num_frames}" if resumed else ""
+            print(f"miga: resuming {args.run_dir}{where}{threads}", file=sys.stderr)
+        bars.append(_progress(args, video.num_frames, video.backbone.name, initial=frames))
+
     received: list[int] = []
 
     def on_signal(signum, frame):  # the first stops at the next step with a checkpoint, a second at once
@@ -443,16 +505,19 @@ def _generate_run(args, video, latents_path: str | None) -> int:
     except ValueError:  # not the main thread: no graceful stop
         pass
     try:
-        complete = run.generate(on_frame=lambda: bar.update(1), stop=lambda: bool(received))
+        complete = run.generate(on_frame=lambda: _count_frame(bars[0]), stop=lambda: bool(received),
+                                on_start=on_start)
     except KeyboardInterrupt:
-        bar.close()
+        for bar in bars:
+            bar.close()
         print(f"miga: stopped at once; the last checkpoint in {args.run_dir} stands; continue with: miga generate "
               f"--resume {args.run_dir}", file=sys.stderr)
         return 130
     finally:
+        for bar in bars:  # before any error line, so that it does not continue the bar's line
+            bar.close()
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-    bar.close()
     if not complete:
         print(f"miga: interrupted; checkpoint saved in {args.run_dir} at frame {run.frames_done} ({args.out}.partial "
               f"plays its first {run.video_frames}); continue with: miga generate --resume {args.run_dir}",
@@ -478,6 +543,9 @@ def _generate_run(args, video, latents_path: str | None) -> int:
         }
         atomic_write_text(args.stats, json.dumps(stats, indent=2) + "\n")
     saved = f"; latents in {run.latents_path}" if latents_path else ""
+    if not bars:
+        print(f"miga: {args.out} is complete already (run {args.run_dir}); nothing to do{saved}", file=sys.stderr)
+        return 0
     print(f"wrote {args.out}: {video.num_frames} frames, {video.stats.nfe} model calls, {run.seconds:.1f} s{saved}",
           file=sys.stderr)
     return 0
@@ -491,6 +559,12 @@ def train_toy(args) -> int:
     from miga.toy.nets import ToyConfig
     from miga.toy.train import CHECKPOINT, TrainConfig, saved_recipe, start_or_resume
 
+    from miga.video import check_new_folder
+
+    check_new_folder(args.run_dir, "RUN_DIR")  # missing parents are created
+    if args.steps == 0 and args.ae_steps is None:
+        raise MigaError("--steps 0 trains no denoiser, only the autoencoder; give --steps N >= 1, or --steps 0 "
+                        "--ae-steps N to train the autoencoder alone")
     if args.threads:
         torch.set_num_threads(args.threads)
     given = {"seed": args.seed, "steps": args.steps, "ae_steps": args.ae_steps, "batch": args.batch,
@@ -523,6 +597,9 @@ def train_toy(args) -> int:
         print(f"trained: {os.path.join(args.run_dir, 'shapes.safetensors')} ({trainer.step} denoiser steps, "
               f"{trainer.seconds / 60:.1f} min); loss curve in {os.path.join(args.run_dir, 'loss.png')}",
               file=sys.stderr)
+    elif trainer.ae_step < trainer.train.ae_steps:
+        print(f"miga: stopped at autoencoder step {trainer.ae_step} of {trainer.train.ae_steps} (the denoiser's "
+              f"{trainer.train.steps} steps follow); run the same command to continue", file=sys.stderr)
     else:
         print(f"miga: stopped at denoiser step {trainer.step} of {trainer.train.steps}; run the same command "
               "to continue", file=sys.stderr)
@@ -558,8 +635,21 @@ def _check_output(path: str | None, suffix: str | None = None, flag: str = "") -
         return
     if suffix and not path.lower().endswith(suffix):
         raise MigaError(f"{flag} must name a {suffix} file, got {path}")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-        raise MigaError(f"cannot write {path}: directory {os.path.dirname(os.path.abspath(path))} does not exist")
+    from miga.video import check_writable
+
+    check_writable(path)
+
+
+def _stale_latents(video: str, path: str, meta: dict) -> str | None:
+    """Why the latents ``path`` (metadata ``meta``) are not those of ``video`` (they were saved with another
+    video: the two hold different video ids), or None (the same id, or a file without one)."""
+    from miga.video import VIDEO_ID, read_video_id
+
+    saved, made = meta.get(VIDEO_ID), read_video_id(video)
+    if saved is None or made is None or str(saved) == made:
+        return None
+    return (f"they were saved with another video than {video} (left by an earlier run?); make the video again "
+            "with --save-latents to measure its latents")
 
 
 def _video_latents(video: str, given: str | None, frames: int) -> dict | None:
@@ -570,6 +660,12 @@ def _video_latents(video: str, given: str | None, frames: int) -> dict | None:
     if given is None and not os.path.isfile(path):
         return None
     latents, meta = read_latents(path)
+    stale = _stale_latents(video, path, meta)
+    if stale and given is None:
+        print(f"miga: not using {path}: {stale}", file=sys.stderr)
+        return None
+    if stale:
+        raise MigaError(f"--latents {path}: {stale}")
     k = int(meta.get("frames_per_latent", 1))
     if -(-frames // k) != len(latents):
         raise MigaError(f"latents {path} hold {len(latents)} latents ({k} frame(s) each), but {video} has "
@@ -879,6 +975,9 @@ def evaluate_gaussian(args) -> int:
         if entries is None:
             raise MigaError(f"{video} holds no prompt (it was not made by miga generate); pass --prompt TEXT")
         latents, meta = read_latents(latents_path)
+        stale = _stale_latents(video, latents_path, meta)
+        if stale:
+            raise MigaError(f"latents {latents_path}: {stale}")
         k = int(meta.get("frames_per_latent", 1))
         world = gaussian_world_for(latents.shape[1:], latents_path)
         if k != 1:

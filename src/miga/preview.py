@@ -18,7 +18,7 @@ import os
 import numpy as np
 
 from miga.errors import MigaError
-from miga.video import atomic_write_bytes
+from miga.video import atomic_write_bytes, check_writable
 
 DEFAULT_TILES = 24
 """Frames on a sheet by default (fewer if the video is shorter): 6 columns x 4 rows."""
@@ -32,12 +32,10 @@ GAP = 2
 
 
 def check_preview_path(path: str) -> None:
-    """Refuse, before any work, a preview path that is not a ``.png`` in an existing directory."""
+    """Refuse, before any work, a preview path that is not a ``.png`` that can be written."""
     if not path.lower().endswith(".png"):
         raise MigaError(f"--preview must name a .png file, got {path}")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise MigaError(f"cannot write {path}: directory {parent} does not exist")
+    check_writable(path)
 
 
 def evenly_spaced(num_frames: int, tiles: int) -> list[int]:

@@ -13,6 +13,10 @@ needed to continue it in a run directory::
     segment.mp4.partial      the frames since the last checkpoint, being encoded
     lock                     held (flock) by the process working on the run
 
+``run.json`` also records the number of torch threads the run started with: CPU kernels sum in another
+order with another thread count, so a resume runs with the recorded count (and says so when it differs)
+to make exactly the latents of an uninterrupted run.
+
 How the outputs survive a kill
 ------------------------------
 Every ``checkpoint_every`` output frames (at the next latent boundary) the run closes the current segment
@@ -44,11 +48,14 @@ import os
 import time
 from typing import Any, Callable
 
+import torch
+
 from miga.checkpoint import durable_write_bytes, load_state, save_state
 from miga.config import FIFOConfig, MIGAConfig
 from miga.engine.prompts import PromptSchedule
 from miga.engine.queue import RunInterrupted
 from miga.errors import MigaError
+from miga.video import check_new_folder
 
 FORMAT = "miga-run/1"
 RUN_FILE = "run.json"
@@ -89,6 +96,21 @@ def video_identity(video, model: str | None = None) -> dict:
         "config": dataclasses.asdict(cfg), "prompts": [[s, p] for s, p in zip(video.prompts.starts,
                                                                                video.prompts.prompts)],
         "frames": video.num_frames, "seed": video.seed})
+
+
+class RunDifference(MigaError):
+    """A run dir holds a run of another video than the one asked for: ``difference`` is the first field
+    that differs (said for a person, as in the message), ``record`` the run's ``run.json``."""
+
+    def __init__(self, message: str, difference: str, record: dict):
+        super().__init__(message)
+        self.difference, self.record = difference, record
+
+
+def video_id(identity: dict) -> str:
+    """A short digest of :func:`video_identity`: the MP4 and the latents saved with it both hold it, so
+    ``miga eval`` can tell latents left by an earlier run from the video's own."""
+    return "sha256:" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def difference(stored: dict, new: dict) -> str | None:
@@ -137,14 +159,17 @@ def _digest(record: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def latent_metadata(video) -> dict:
-    """The ``--save-latents`` metadata (:data:`miga.evaluation.latents.METADATA_KEYS`) of a video."""
+def latent_metadata(video, video_id: str | None = None) -> dict:
+    """The ``--save-latents`` metadata (:data:`miga.evaluation.latents.METADATA_KEYS`) of a video, with its
+    :func:`video_id` when given."""
+    from miga.video import VIDEO_ID
+
     bb, cfg = video.backbone, video.config
     miga_cfg = isinstance(cfg, MIGAConfig)
     return {"frames": video.num_frames, "frames_per_latent": bb.frames_per_latent, "fps": bb.fps,
             "method": "miga" if miga_cfg else "fifo", "chunk": cfg.zigzag_width if miga_cfg else 1,
             "refs": cfg.reflection_ref_chunks if miga_cfg else 1,
-            "score_mode": cfg.score_mode if miga_cfg else "frame"}
+            "score_mode": cfg.score_mode if miga_cfg else "frame", **({VIDEO_ID: video_id} if video_id else {})}
 
 
 class VideoRun:
@@ -159,6 +184,7 @@ class VideoRun:
         self.out = record["outputs"]["out"]
         self.latents_path = record["outputs"]["latents"] or os.path.join(run_dir, LATENTS)
         self.checkpoint_every = int(record["checkpoint_every"])
+        self.video_id = record.get("video_id")  # None in runs recorded before miga kept it: outputs as they were
         self.seconds = 0.0  # generation time over all sessions, once generate() returns
         self.frames_done = 0  # frames in the video and the open segment
 
@@ -171,35 +197,35 @@ class VideoRun:
         video, that run is continued; one of a different video is refused, naming the difference.
 
         ``load``: the :func:`~miga.pipeline.load_backbone` arguments that rebuild the backbone on
-        :meth:`resume` (without them, pass the backbone to :meth:`resume`); ``cli``: the command-line
+        :meth:`resume` (default: those a backbone from ``load_backbone`` keeps in ``load_args``; without
+        them, pass the backbone to :meth:`resume`); ``cli``: the command-line
         options, recorded for ``miga generate --resume``; ``resuming``: the run must exist already.
         """
+        if load is None:  # a backbone from load_backbone() says how it was built
+            load = getattr(video.backbone, "load_args", None)
         every = DEFAULT_CHECKPOINT_EVERY if checkpoint_every is None else checkpoint_every
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
             raise MigaError(f"the checkpoint interval must be a positive number of frames, got {every!r}")
         if not out.lower().endswith(".mp4"):
             raise MigaError(f"the output must be an .mp4 file, got {out}")
-        if os.path.exists(run_dir) and not os.path.isdir(run_dir):
-            raise MigaError(f"run dir {run_dir} exists and is not a folder")
-        parent = os.path.dirname(os.path.abspath(run_dir))
-        if not os.path.isdir(parent):
-            raise MigaError(f"cannot create run dir {run_dir}: folder {parent} does not exist")
+        check_new_folder(run_dir, "run dir")  # missing parents are created, as train-toy does
         record = _plain({
             "format": FORMAT, "video": video_identity(video, (load or {}).get("model")),
             "outputs": {"out": os.path.abspath(out),  # the latents: None for LATENTS in the run dir
                         "latents": os.path.abspath(save_latents) if save_latents else None,
                         "keep_latents": save_latents is not None},
-            "checkpoint_every": every, "load": load, "cli": cli})
+            "checkpoint_every": every, "load": load, "cli": cli, "threads": torch.get_num_threads()})
+        record["video_id"] = video_id(record["video"])
         path = os.path.join(run_dir, RUN_FILE)
         if resuming or os.path.exists(path):
             stored = read_record(run_dir)
             diff = difference(stored, record)
             if diff and resuming:
-                raise MigaError(f"cannot resume {run_dir} with these options: {diff}; leave the option out to "
-                                "continue the run as it was, or start a new --run-dir")
+                raise RunDifference(f"cannot resume {run_dir} with these options: {diff}; leave the option out to "
+                                    "continue the run as it was, or start a new --run-dir", diff, stored)
             if diff:
-                raise MigaError(f"run dir {run_dir} holds a run of a different video: {diff}; use another "
-                                "--run-dir, or --resume it as it is")
+                raise RunDifference(f"run dir {run_dir} holds a run of a different video: {diff}; use another "
+                                    "--run-dir, or --resume it as it is", diff, stored)
             if checkpoint_every is not None and stored.get("checkpoint_every") != every:  # safe: where segments end
                 stored["checkpoint_every"] = every
                 durable_write_bytes(path, (json.dumps(stored, indent=1) + "\n").encode())
@@ -221,7 +247,8 @@ class VideoRun:
         if backbone is None:
             if not load:
                 raise MigaError(f"the run in {run_dir} was started from Python with a backbone that cannot be "
-                                "rebuilt by name; pass it: VideoRun.resume(run_dir, backbone=...)")
+                                "rebuilt by name (not one from miga.load_backbone); pass it: "
+                                "LongVideo.resume(run_dir, backbone=...)")
             backbone = load_backbone(**load)
         try:
             cfg_type = FIFOConfig if ident["method"] == "fifo" else MIGAConfig
@@ -235,6 +262,13 @@ class VideoRun:
         if diff:
             raise MigaError(f"cannot resume {run_dir}: {diff}")
         return cls(video, run_dir, record)
+
+    @property
+    def threads(self) -> int | None:
+        """The torch threads :meth:`generate` runs with: those the run started with (None for a run recorded
+        before miga kept them: then the caller's)."""
+        threads = self.record.get("threads")
+        return int(threads) if isinstance(threads, int) and threads > 0 else None
 
     @property
     def video_frames(self) -> int:
@@ -285,18 +319,38 @@ class VideoRun:
         finally:
             os.close(fd)
 
+    @contextlib.contextmanager
+    def _threads(self):
+        """Run with the torch thread count the run started with, then give the caller's back."""
+        before = torch.get_num_threads()
+        if self.threads is not None and self.threads != before:
+            torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)
+
     # ------------------------------------------------------------------ generation
-    def generate(self, on_frame: Callable[[], None] | None = None, stop: Callable[[], bool] | None = None) -> bool:
+    def generate(self, on_frame: Callable[[], None] | None = None, stop: Callable[[], bool] | None = None,
+                 on_start: Callable[[int], None] | None = None) -> bool:
         """Generate from the last checkpoint to the end: True when the video is complete (``OUT`` written),
         False when ``stop()`` said so (checked between passes and latents; a checkpoint was taken).
-        ``on_frame`` is called once per frame made (:attr:`frames_done` counts them, resumed ones included)."""
+        ``on_start(frames)`` is called once the checkpoint is loaded, with the frames it already holds;
+        ``on_frame`` once per frame made after them (:attr:`frames_done` counts them all)."""
         from miga.evaluation.latents import LatentWriter
         from miga.mp4frag import FragmentedMP4
 
         video = self.video
-        with self._locked():
+        with self._locked(), self._threads():
             state = self._load_checkpoint()
             if state is not None and state["complete"]:
+                gone = [path for path in (self.out, self.latents_path)
+                        if not os.path.exists(path) and not os.path.exists(path + ".partial")]
+                if gone:
+                    raise MigaError(f"the run in {self.run_dir} is complete, but {' and '.join(gone)} no longer "
+                                    "exist(s) (moved or deleted?); nothing is left to resume: make the video again "
+                                    "with a new run dir")
                 self.seconds = float(state["outputs"]["seconds"])
                 self.frames_done = video.num_frames
                 video.load_state_dict(state["video"])
@@ -306,7 +360,7 @@ class VideoRun:
                                                                   "seconds": 0.0}
             self._mp4 = FragmentedMP4(self.out + ".partial", outputs["video"] or None)  # checks before writing
             self._store = LatentWriter(self.latents_path, video.num_latents, tuple(video.backbone.latent_shape),
-                                       latent_metadata(video), resume=int(outputs["latents"]))
+                                       latent_metadata(video, self.video_id), resume=int(outputs["latents"]))
             self._mp4.restore()
             self._clear_segment()
             if state is not None:
@@ -315,6 +369,8 @@ class VideoRun:
             self._previous_seconds, self._t0 = float(outputs["seconds"]), time.perf_counter()
             self.frames_done = self._mp4.frames
             self._on_frame = on_frame
+            if on_start is not None:
+                on_start(self.frames_done)
             try:
                 decoder = self._replay(video.backbone.decoder(), int(outputs["latents"]))
                 video.should_stop = stop
@@ -366,7 +422,8 @@ class VideoRun:
         if self._segment is None:
             schedule = self.video.prompts
             self._segment = VideoWriter(os.path.join(self.run_dir, SEGMENT), self.video.backbone.fps,
-                                        metadata=prompts_metadata(zip(schedule.starts, schedule.prompts)))
+                                        metadata=prompts_metadata(zip(schedule.starts, schedule.prompts),
+                                                                  self.video_id))
         self._segment.write(frame)
         self.frames_done += 1
         if self._on_frame is not None:

@@ -25,15 +25,57 @@ import numpy as np
 from miga.errors import MigaError
 
 
-MP4_OPTIONS = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "frag_duration": "1000000"}
-"""Muxer options: a fragmented MP4 whose fragments start at keyframes or after one second (microseconds),
-each self-contained (``default_base_moof``), so a file cut after any fragment still plays."""
+MP4_OPTIONS = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "frag_duration": "1000000",
+               "flush_packets": "1"}
+"""Muxer options: a fragmented MP4 whose fragments start at keyframes or after one second of video
+(microseconds), each self-contained (``default_base_moof``), so a file cut after any fragment still plays;
+``flush_packets`` hands each finished fragment to the file at once (without it FFmpeg's 32 KB write buffer
+held small videos back: a killed run's ``.partial`` had only its 28-byte ``ftyp``). The bytes are the same
+either way. The encoder's lookahead still keeps the last ~45 frames until they are encoded."""
 
 
 def _check_parent(path: str) -> None:
     parent = os.path.dirname(path) or "."
     if not os.path.isdir(parent):
         raise MigaError(f"cannot write {path}: directory {parent} does not exist")
+
+
+def _probe(folder: str, path: str) -> None:
+    """Create (and drop) a nameless file in ``folder``: the one sure test that ``path`` can be written there."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise MigaError(f"cannot write {path}: {exc.strerror or exc} in {folder}") from None
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Refuse, before any work, an output file that could not be written at the end: a folder, or a path
+    whose folder is missing or does not take new files."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise MigaError(f"cannot write {path}: it is a folder; give a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise MigaError(f"cannot write {path}: directory {parent} does not exist")
+    _probe(parent, path)
+
+
+def check_new_folder(path: str | os.PathLike, what: str) -> None:
+    """Refuse, before any work, a folder ``what`` (``run dir``, ``--out``) that is a file or cannot be created
+    (its nearest existing parent is a file or does not take new entries); missing parents are fine: the
+    caller creates them (``os.makedirs``)."""
+    path = os.fspath(path)
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise MigaError(f"{what} {path} is a file, not a folder; give a folder")
+        return
+    ancestor = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise MigaError(f"cannot create {what} {path}: {ancestor} is a file, not a folder")
+    _probe(ancestor, path)
 
 
 class VideoWriter:
@@ -151,6 +193,17 @@ def _read_error(path: str, exc: BaseException) -> MigaError:
     return MigaError(f"cannot read video {path}: {reason}")
 
 
+def _decoded(container, stream):
+    """The frames of ``stream``, up to a packet the demuxer marks corrupt: a file cut off in the middle of a
+    packet (the ``.partial`` of a process killed while writing a fragment) ends there, as it does in a
+    player, instead of failing as a whole."""
+    for packet in container.demux(stream):
+        if packet.is_corrupt:
+            yield from stream.codec_context.decode(None)  # the frames the decoder still holds
+            return
+        yield from packet.decode()
+
+
 def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     """Decode every frame of a video: returns ``(uint8 [N, H, W, 3] RGB, fps)``.
 
@@ -162,7 +215,7 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
             if not container.streams.video:
                 raise MigaError(f"cannot read video {path}: it has no video stream")
             stream = container.streams.video[0]
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+            frames = [f.to_ndarray(format="rgb24") for f in _decoded(container, stream)]
             rate = stream.average_rate or stream.guessed_rate
             fps = float(rate) if rate else 0.0
     except (OSError, av.FFmpegError) as exc:
@@ -179,7 +232,7 @@ def iter_frames(path: str | os.PathLike):
         with av.open(path) as container:
             if not container.streams.video:
                 raise MigaError(f"cannot read video {path}: it has no video stream")
-            for frame in container.decode(container.streams.video[0]):
+            for frame in _decoded(container, container.streams.video[0]):
                 yield frame.to_ndarray(format="rgb24")
     except (OSError, av.FFmpegError) as exc:
         raise _read_error(path, exc) from None
@@ -199,10 +252,26 @@ PROMPTS_TAG = "comment"
 """The container tag that holds ``miga generate``'s prompt schedule."""
 
 
-def prompts_metadata(schedule: Sequence[tuple[int, str]]) -> dict[str, str]:
-    """Container tags recording a prompt schedule given as ``(start_frame, prompt)`` pairs."""
+VIDEO_ID = "miga_video"
+"""The key of the digest that ties a video to the latents saved with it: in the prompts tag of the MP4 and
+in the latents file's metadata (``miga eval`` ignores latents with another one, left by an earlier run)."""
+
+
+def prompts_metadata(schedule: Sequence[tuple[int, str]], video_id: str | None = None) -> dict[str, str]:
+    """Container tags recording a prompt schedule given as ``(start_frame, prompt)`` pairs (and the
+    ``video_id`` that the latents saved with the video also hold)."""
     entries = [[int(start), str(prompt)] for start, prompt in schedule]
-    return {PROMPTS_TAG: json.dumps({"miga_prompts": entries}, ensure_ascii=False)}
+    tag = {"miga_prompts": entries, **({VIDEO_ID: video_id} if video_id else {})}
+    return {PROMPTS_TAG: json.dumps(tag, ensure_ascii=False)}
+
+
+def read_video_id(path: str | os.PathLike) -> str | None:
+    """The video id that ``miga generate`` stored in a video (:func:`prompts_metadata`), or None."""
+    try:
+        value = json.loads(read_video_metadata(path).get(PROMPTS_TAG) or "{}").get(VIDEO_ID)
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def read_prompts_metadata(path: str | os.PathLike) -> list[tuple[int, str]] | None:
@@ -233,7 +302,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = Fal
     path = os.fspath(path)
     _check_parent(path)
     directory, name = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    except OSError as exc:
+        raise MigaError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), _file_mode())
@@ -242,11 +314,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = Fal
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError):
+            raise MigaError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
     if durable:
         fsync_dir(directory)

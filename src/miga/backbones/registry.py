@@ -8,6 +8,7 @@ the input builds the backbone. Inputs no kind recognises get one line saying wha
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -70,19 +71,47 @@ def kind_of(model: str) -> BackboneKind | None:
     return next((kind for kind in kinds() if kind.recognises(model)), None)
 
 
+def _train_toy_file(model: str) -> str | None:
+    """The error for a file of a ``miga train-toy`` run dir other than its weights (``checkpoint.pt``,
+    ``loss.png``), which points to the weights; None for other files."""
+    from miga.toy.train import CHECKPOINT, LOSS_PLOT, WEIGHTS
+
+    folder = os.path.dirname(os.path.abspath(model))
+    if os.path.basename(model) not in (CHECKPOINT, LOSS_PLOT) or not os.path.isfile(os.path.join(folder, CHECKPOINT)):
+        return None
+    weights = os.path.join(os.path.dirname(model), WEIGHTS)
+    if os.path.isfile(weights):
+        return f"{model} is a file of the 'miga train-toy' run in {folder}, not a model; use its weights: --model {weights}"
+    return (f"{model} is a file of the 'miga train-toy' run in {folder}, not a model; its weights, {weights}, are "
+            f"written when training completes: run 'miga train-toy {os.path.dirname(model) or '.'}' to finish it")
+
+
 def unrecognised(model: str) -> str:
     """The one-line error for a file or a bare name that no kind recognises."""
     from miga.backbones.unet3d import model_file_error
 
     if os.path.isfile(model):
-        return model_file_error(model) or f"{model} is not a model miga can load"
+        return _train_toy_file(model) or model_file_error(model) or f"{model} is not a model miga can load"
     return f"unknown model {model!r}; choose one of: {', '.join(builtin_names())}, or a model folder"
 
 
 def load(model: str, **options: Any):
     """The backbone for ``model`` (a built-in name or a path), built by the first kind that recognises it.
     Any other folder, or a path that does not exist, goes to the last kind (Wan), whose error says what is
-    missing; ``ddim_rescale`` is refused in one line outside VideoCrafter2."""
+    missing; ``ddim_rescale`` is refused in one line outside VideoCrafter2, and so is a device this torch
+    cannot use."""
+    check_device(options.get("device"))
+    backbone = _load(model, dict(options))
+    args = {"model": model, **options}
+    try:  # how to build it again: a run started from Python resumes without being handed the backbone
+        json.dumps(args)
+        backbone.load_args = args
+    except (TypeError, ValueError, AttributeError):  # options only Python holds, or a closed class
+        pass
+    return backbone
+
+
+def _load(model: str, options: dict):
     kind = kind_of(model)
     if kind is None and not os.path.isfile(model) and (os.path.isdir(model) or "/" in model or os.sep in model):
         options.pop("ddim_rescale", None)  # not a model folder yet: the fallback's error says what is missing
@@ -95,6 +124,33 @@ def load(model: str, **options: Any):
                             f"training scaled the clean latents; {model} is another model")
         options["ddim_rescale"] = True
     return kind.load(model, **options)
+
+
+def check_device(device: Any) -> None:
+    """Refuse in one line a device that torch does not know or this machine's torch cannot use (CUDA on a
+    CPU-only build or without a GPU, a GPU index past the last, MPS off Apple silicon)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise MigaError(f"unknown device {str(device)!r}; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise MigaError(f"device {device}: {build} (torch {torch.__version__}); use --device cpu, or install "
+                            "a CUDA build of torch on a machine with an NVIDIA GPU")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise MigaError(f"device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise MigaError(f"device {device}: MPS (Apple silicon GPUs) is not available with this torch on this "
+                            "machine; use --device cpu")
+    elif dev.type != "cpu":
+        raise MigaError(f"device {device}: miga runs on cpu, cuda or mps, not {dev.type}")
 
 
 def builtin_options(model: str, height: int | None, width: int | None, dtype: str | None) -> dict:

@@ -52,12 +52,23 @@ TRANSFORMER_CLASSES = ("WanTransformer3DModel", "SkyReelsV2Transformer3DModel")
 DOWNLOAD_HINT = "hf download Wan-AI/Wan2.1-T2V-1.3B-Diffusers --local-dir DIR"
 
 
+def missing_model_error(path: str) -> str:
+    """The error for a model path that does not exist: a hub id of a model miga knows gets its own ``hf
+    download`` command; anything else (``models/wan2.1-1.3b`` before the download) is a folder to fill."""
+    from miga.backbones.registry import kinds
+
+    known = {hub.lower() for kind in kinds() for hub in re.findall(r"hf download (\S+)", kind.download)}
+    if HUB_ID.fullmatch(path) and path.lower() in known:
+        return hub_id_message(path)
+    return (f"model {path} not found: there is no such file or folder (miga loads local folders, nothing from the "
+            f"hub); download the model into it first, e.g. '{DOWNLOAD_HINT.replace('DIR', path)}' for Wan2.1 "
+            "('miga models' lists the command of every kind)")
+
+
 def model_folder_error(path: str) -> str | None:
     """Why ``path`` is not a loadable local model folder, or None if it looks complete."""
     if not os.path.exists(path):
-        if HUB_ID.fullmatch(path):
-            return hub_id_message(path)
-        return f"model {path} not found: no such file or folder"
+        return missing_model_error(path)
     if not os.path.isdir(path):
         return f"{path} is not a model folder"
     missing = []
