@@ -1,0 +1,146 @@
+"""Issue 19, what a new user hit walking the README: the cases that are neither bad input (those are in
+``test_bad_input.py``'s table) nor kills and resumes (``test_resume.py``)."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from miga import LongVideo, MIGAConfig, load_backbone
+from miga.errors import MigaError
+from miga.evaluation.latents import read_latents
+from cli_helpers import run
+
+SMALL = ["--model", "gaussian", "--height", "32", "--width", "32", "--frames", "24"]
+
+
+def error_lines_stand_alone(err):
+    """Every ``miga: error`` in ``err`` starts its own line (not glued to the progress bar's last state)."""
+    lines = err.replace("\r", "\n").splitlines()
+    return [ln for ln in lines if "miga: error" in ln] and all(ln.startswith("miga: error") for ln in lines
+                                                               if "miga: error" in ln)
+
+
+# ---------------------------------------------------------------- 4. README commands that failed as written
+def test_run_dir_in_a_new_folder_gets_its_parents(tmp_path, capsys):
+    """``--run-dir runs/story`` where ``runs`` does not exist yet (train-toy already created parents)."""
+    code, _, err = run(capsys, "generate", "x", *SMALL, "--out", tmp_path / "v.mp4", "--run-dir",
+                       tmp_path / "runs" / "story", "--no-progress")
+    assert code == 0, err
+    assert (tmp_path / "runs" / "story" / "run.json").is_file() and (tmp_path / "v.mp4").is_file()
+
+
+def test_ablate_out_in_a_new_folder_gets_its_parents(tmp_path, capsys):
+    code, _, err = run(capsys, "ablate", "--model", "gaussian", "--height", "32", "--width", "32", "--frames", "24",
+                       "--seeds", "0", "--rows", "fifo", "--sweeps", "none", "--prompt", "x", "--no-progress",
+                       "--out", tmp_path / "new" / "abl")
+    assert code == 0, err
+    assert (tmp_path / "new" / "abl" / "results.md").is_file()
+
+
+def test_a_run_started_from_python_resumes_without_its_backbone(tmp_path):
+    """``LongVideo.resume(DIR)`` as the README writes it: the backbone from ``load_backbone`` is rebuilt from
+    what the run recorded (it needed ``backbone=``, and the error named ``VideoRun``)."""
+    world = load_backbone("gaussian", height=32, width=32)
+    cfg = MIGAConfig.gaussian()
+    first = LongVideo(world, "x", 40, cfg, seed=2).start_run(str(tmp_path / "r"), str(tmp_path / "v.mp4"),
+                                                              checkpoint_every=8)
+    calls = [0]
+
+    def stop():
+        calls[0] += 1
+        return calls[0] >= 12
+    assert first.generate(stop=stop) is False
+    resumed = LongVideo.resume(str(tmp_path / "r"))
+    assert resumed.video.backbone is not world and resumed.generate() is True
+    reference = torch.stack(list(LongVideo(world, "x", 40, cfg, seed=2).latents()))
+    assert torch.equal(read_latents(resumed.latents_path)[0], reference)
+
+
+def test_a_backbone_that_cannot_be_rebuilt_is_named_in_the_public_api(tmp_path):
+    world = load_backbone("gaussian", height=32, width=32)
+    del world.load_args  # as a backbone from from_pipe or the user's own adapter
+    LongVideo(world, "x", 16, MIGAConfig.gaussian(), seed=0).start_run(str(tmp_path / "r"), str(tmp_path / "v.mp4"))
+    with pytest.raises(MigaError, match=r"LongVideo\.resume\(run_dir, backbone=\.\.\.\)"):
+        LongVideo.resume(str(tmp_path / "r"))
+
+
+# ---------------------------------------------------------------- 5. wrong or misleading messages
+def test_the_readme_wan_folder_before_its_download_is_not_called_a_hub_id(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "generate", "a corgi", "--model", "models/wan2.1-1.3b", "--out", "c.mp4")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "hub id" not in err and "hf download models/" not in err, err
+    assert "'hf download Wan-AI/Wan2.1-T2V-1.3B-Diffusers --local-dir models/wan2.1-1.3b'" in err, err
+
+
+def test_train_toy_stopped_in_the_autoencoder_stage_says_so(tmp_path, capsys):
+    code, _, err = run(capsys, "train-toy", tmp_path / "t", "--model-size", "tiny", "--time-limit", "0",
+                       "--no-progress")
+    assert code == 0, err
+    assert "stopped at autoencoder step 0 of 3000" in err and "denoiser step" not in err, err
+
+
+def test_an_error_after_the_progress_bar_started_stands_on_its_own_line(tmp_path, capsys, monkeypatch):
+    """stderr that is not a terminal: the bar's last state and the error line were one line."""
+    from miga.pipeline import LongVideo as Video
+    from miga.runs import VideoRun
+
+    real = Video.frames
+
+    def failing(self, *args, **kwargs):
+        for i, frame in enumerate(real(self, *args, **kwargs)):
+            if i == 3:
+                raise MigaError("the model failed")
+            yield frame
+    monkeypatch.setattr(Video, "frames", failing)
+    code, _, err = run(capsys, "generate", "x", *SMALL, "--out", tmp_path / "v.mp4")
+    assert code == 2 and error_lines_stand_alone(err), err
+    monkeypatch.undo()
+
+    def failing_commit(self, complete=False):
+        raise MigaError("the disk failed")
+    monkeypatch.setattr(VideoRun, "_commit", failing_commit)
+    code, _, err = run(capsys, "generate", "x", *SMALL, "--out", tmp_path / "w.mp4", "--run-dir", tmp_path / "r")
+    assert code == 2 and error_lines_stand_alone(err), err
+
+
+# ---------------------------------------------------------------- 6. silent surprises
+def test_eval_does_not_score_latents_left_by_an_earlier_run(tmp_path, capsys):
+    video, stale = tmp_path / "s.mp4", tmp_path / "s.latents.safetensors"
+    assert run(capsys, "generate", "x", *SMALL, "--out", video, "--save-latents", "--no-progress")[0] == 0
+    code, _, err = run(capsys, "eval", video, "--json", tmp_path / "a.json")
+    assert code == 0 and "not using" not in err, err
+    assert json.loads((tmp_path / "a.json").read_text())["videos"][0]["latent_consistency"] is not None
+    # another video under the same name, without --save-latents: the latents beside it are stale
+    assert run(capsys, "generate", "y", *SMALL, "--seed", "1", "--out", video, "--no-progress")[0] == 0
+    assert stale.exists()
+    code, _, err = run(capsys, "eval", video, "--json", tmp_path / "b.json")
+    assert code == 0 and f"not using {stale}" in err, err
+    assert json.loads((tmp_path / "b.json").read_text())["videos"][0]["latent_consistency"] is None
+    code, _, err = run(capsys, "eval", "--world", "gaussian", video)
+    assert code == 2 and "saved with another video" in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run(capsys, "eval", video, "--latents", stale)
+    assert code == 2 and "saved with another video" in err, err
+
+
+def test_the_bar_says_what_it_waits_for_and_a_resume_where_it_resumes(tmp_path, capsys, monkeypatch):
+    from miga.runs import VideoRun
+
+    code, _, err = run(capsys, "generate", "x", *SMALL, "--out", tmp_path / "v.mp4")
+    assert code == 0 and "filling the queue" in err, err
+    real = VideoRun.generate
+
+    def stop_at_12(self, on_frame=None, stop=None, **kwargs):
+        return real(self, on_frame, lambda: self.frames_done >= 12, **kwargs)
+    monkeypatch.setattr(VideoRun, "generate", stop_at_12)
+    argv = ["generate", "x", *SMALL, "--out", tmp_path / "w.mp4", "--run-dir", tmp_path / "r", "--checkpoint-every",
+            "8", "--no-progress"]
+    assert run(capsys, *argv)[0] == 130
+    monkeypatch.undo()
+    code, _, err = run(capsys, "generate", "--resume", tmp_path / "r", "--no-progress")
+    assert code == 0 and f"miga: resuming {tmp_path / 'r'} at frame 8 of 24" in err, err
+    code, _, err = run(capsys, *argv)  # complete: says so rather than "wrote"
+    assert code == 0 and "complete already" in err and "wrote" not in err, err
+    assert os.path.getsize(tmp_path / "w.mp4") > 0
