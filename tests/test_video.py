@@ -127,8 +127,8 @@ def test_an_open_writers_partial_file_plays_up_to_its_last_fragment(tmp_path):
     for f in noisy_frames(72, 64):  # 6 s of video, about 40 KB: less than FFmpeg's buffer
         vw.write(f)
     copy.write_bytes((tmp_path / "v.mp4.partial").read_bytes())  # what a kill -9 now would leave
-    # x264 holds its lookahead (up to about 45 frames) and the muxer the open fragment (up to 1 s)
-    assert len(read_video(copy)[0]) >= 72 - 45 - 12
+    # x264 holds a few frames (its B-frames) and the muxer the open fragment (up to 1 s): 60 play here
+    assert len(read_video(copy)[0]) >= 72 - 4 - 12
     vw.abort()
 
 

@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model-size", choices=("default", "tiny"), default="default",
                    help="architecture: the recipe's own, or a tiny one for smoke tests")
     t.add_argument("--steps", type=_number(minimum=0), help="denoiser steps (default 5000 for v1, 12000 for v2 and "
-                   "df; may change on resume)")
+                   "df; may change on resume; 0 only with --ae-steps: the autoencoder alone)")
     t.add_argument("--ae-steps", type=_number(minimum=0), help="autoencoder steps (default 3000)")
     t.add_argument("--batch", type=_number(), help="clips per denoiser step (default 16)")
     t.add_argument("--checkpoint-every", type=_number(), metavar="N", help="steps between checkpoints (default 200)")

@@ -31,7 +31,7 @@ MP4_OPTIONS = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "frag_d
 (microseconds), each self-contained (``default_base_moof``), so a file cut after any fragment still plays;
 ``flush_packets`` hands each finished fragment to the file at once (without it FFmpeg's 32 KB write buffer
 held small videos back: a killed run's ``.partial`` had only its 28-byte ``ftyp``). The bytes are the same
-either way. The encoder's lookahead still keeps the last ~45 frames until they are encoded."""
+either way. The encoder still holds its last 4 frames (B-frames), and the muxer the open fragment."""
 
 
 def _check_parent(path: str) -> None:
