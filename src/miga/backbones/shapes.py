@@ -117,6 +117,14 @@ class ShapesModel:
     def decoder(self) -> ShapesDecoder:
         return ShapesDecoder(self.autoencoder)
 
+    def temporal_attention_network(self) -> torch.nn.Module:
+        """The denoiser whose temporal self-attentions an attention policy replaces
+        (:func:`miga.baselines.hooks.attention_policy`): model v2's; model v1's convolutional one has none."""
+        if not hasattr(self.denoiser, "temporal_attentions"):
+            raise MigaError("the built-in model v1 (a convolutional denoiser) has no temporal attention; FreeNoise, "
+                            "FreeLong and FreePCA need model v2 (weights from 'miga train-toy --recipe v2')")
+        return self.denoiser
+
 
 def _is_shapes_weights(path: str) -> bool:
     """A miga shapes weights file, or a ``.safetensors`` path that does not exist (its loader says so); other

@@ -326,6 +326,11 @@ class UNet3DModel(TextEncoderOffload):
     def decoder(self) -> UNet3DFrameDecoder:
         return UNet3DFrameDecoder(self.vae)
 
+    def temporal_attention_network(self):
+        """The UNet whose temporal self-attentions (``transformer_in`` and ``temp_attentions``) an attention policy
+        replaces (:func:`miga.baselines.hooks.attention_policy`)."""
+        return self.unet
+
 
 def is_unet3d_pipe(pipe) -> bool:
     """A ``TextToVideoSDPipeline`` (or subclass) with a plain ``UNet3DConditionModel``."""

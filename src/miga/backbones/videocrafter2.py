@@ -377,6 +377,11 @@ class VideoCrafter2Model(TextEncoderOffload):
     def decoder(self) -> UNet3DFrameDecoder:
         return UNet3DFrameDecoder(self.vae)
 
+    def temporal_attention_network(self) -> VideoCrafter2UNet:
+        """The UNet whose temporal self-attentions an attention policy replaces
+        (:func:`miga.baselines.hooks.attention_policy`)."""
+        return self.unet
+
 
 
 

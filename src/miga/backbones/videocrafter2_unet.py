@@ -448,6 +448,11 @@ class VideoCrafter2UNet(nn.Module):
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context, batch)
         return _frames_to_video(self.out(h).type(x.dtype), batch)
 
+    def temporal_transformers(self) -> list:
+        """Every :class:`TemporalTransformer` (``init_attn`` included), in module order: their blocks' ``attn1``
+        and ``attn2`` are the temporal self-attentions attention policies replace (:mod:`miga.baselines.hooks`)."""
+        return [m for m in self.modules() if isinstance(m, TemporalTransformer)]
+
 
 def strip_checkpoint_prefix(state_dict: dict, prefix: str = CHECKPOINT_PREFIX) -> dict:
     """The UNet's entries of an LVDM ``model.ckpt`` ``state_dict``, without ``prefix``."""
