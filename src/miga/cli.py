@@ -296,15 +296,28 @@ def _explain_frame_rounding(video, frames: int) -> None:
 
 
 def generate(args) -> int:
-    from miga.pipeline import LongVideo, load_backbone
-    from miga.preview import ContactSheet, check_preview_path
-    from miga.video import VideoWriter, atomic_write_text, check_writable, prompts_metadata
+    import torch
+
+    from miga.runs import RUN_FILE, read_record, recorded_threads, torch_threads
 
     t0 = time.perf_counter()
     if args.resume is not None:
         args = _resume_args(args)
     elif args.checkpoint_every is not None and args.run_dir is None:
         raise MigaError("--checkpoint-every needs --run-dir DIR (checkpoints are kept there)")
+    threads = None  # a run continued: with its own torch thread count, from the prompts' encoding on
+    if args.run_dir is not None and os.path.isfile(os.path.join(args.run_dir, RUN_FILE)):
+        threads = recorded_threads(read_record(args.run_dir))
+    args.threads_before = torch.get_num_threads()
+    with torch_threads(threads):
+        return _generate(args, t0)
+
+
+def _generate(args, t0: float) -> int:
+    from miga.pipeline import LongVideo, load_backbone
+    from miga.preview import ContactSheet, check_preview_path
+    from miga.video import VideoWriter, atomic_write_text, check_writable, prompts_metadata
+
     if not args.out.lower().endswith(".mp4"):
         raise MigaError(f"--out must name an .mp4 file, got {args.out}")
     for path in (args.out, args.stats):
@@ -368,7 +381,7 @@ def generate(args) -> int:
 
 
 RUN_SESSION_OPTIONS = ("command", "argv", "resume", "run_dir", "checkpoint_every", "no_progress", "stats", "preview",
-                       "schedule")
+                       "schedule", "threads_before")
 """``miga generate`` options that belong to one session of a run, not to the video it makes: they may be
 given with ``--resume`` and are not recorded in the run."""
 
@@ -479,10 +492,10 @@ def _generate_run(args, video, latents_path: str | None) -> int:
     except MigaError as exc:
         raise _named_difference(exc, args) from None
     resumed = os.path.exists(run.checkpoint_path)
-    threads = ""
-    if run.threads is not None and run.threads != torch.get_num_threads():
-        threads = (f"; with {run.threads} torch threads, as it started (this process has {torch.get_num_threads()}): "
-                   "the same count keeps the resume exact")
+    threads, before = "", getattr(args, "threads_before", torch.get_num_threads())
+    if run.threads is not None and run.threads != before:
+        threads = (f"; with {run.threads} torch threads, as it started (this process had {before}): the same "
+                   "count keeps the resume exact")
     bars = []  # the bar starts once the checkpoint is loaded, so that an error before stands on its own line
 
     def on_start(frames: int) -> None:

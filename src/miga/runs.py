@@ -172,6 +172,26 @@ def latent_metadata(video, video_id: str | None = None) -> dict:
             "score_mode": cfg.score_mode if miga_cfg else "frame", **({VIDEO_ID: video_id} if video_id else {})}
 
 
+def recorded_threads(record: dict) -> int | None:
+    """The torch thread count a run record says the run started with (None in runs recorded before miga kept
+    it)."""
+    threads = record.get("threads")
+    return threads if isinstance(threads, int) and not isinstance(threads, bool) and threads > 0 else None
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Run with ``threads`` torch threads (None: as they are), then give the caller's count back."""
+    before = torch.get_num_threads()
+    if threads is not None and threads != before:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 class VideoRun:
     """A checkpointed, resumable generation of ``video`` (see the module docstring).
 
@@ -240,16 +260,22 @@ class VideoRun:
     def resume(cls, run_dir: str, backbone=None) -> "VideoRun":
         """The run in ``run_dir``, rebuilt from its ``run.json`` (the backbone from its recorded
         :func:`~miga.pipeline.load_backbone` arguments unless ``backbone`` is given)."""
-        from miga.pipeline import LongVideo, load_backbone
+        from miga.pipeline import load_backbone
 
         record = read_record(run_dir)
+        load = record.get("load")
+        if backbone is None and not load:
+            raise MigaError(f"the run in {run_dir} was started from Python with a backbone that cannot be "
+                            "rebuilt by name (not one from miga.load_backbone); pass it: "
+                            "LongVideo.resume(run_dir, backbone=...)")
+        with torch_threads(recorded_threads(record)):  # the prompts are encoded as when the run started
+            return cls._rebuild(run_dir, record, backbone or load_backbone(**load))
+
+    @classmethod
+    def _rebuild(cls, run_dir: str, record: dict, backbone) -> "VideoRun":
+        from miga.pipeline import LongVideo
+
         ident, load = record["video"], record.get("load")
-        if backbone is None:
-            if not load:
-                raise MigaError(f"the run in {run_dir} was started from Python with a backbone that cannot be "
-                                "rebuilt by name (not one from miga.load_backbone); pass it: "
-                                "LongVideo.resume(run_dir, backbone=...)")
-            backbone = load_backbone(**load)
         try:
             cfg_type = FIFOConfig if ident["method"] == "fifo" else MIGAConfig
             config = cfg_type(**ident["config"])
@@ -267,8 +293,7 @@ class VideoRun:
     def threads(self) -> int | None:
         """The torch threads :meth:`generate` runs with: those the run started with (None for a run recorded
         before miga kept them: then the caller's)."""
-        threads = self.record.get("threads")
-        return int(threads) if isinstance(threads, int) and threads > 0 else None
+        return recorded_threads(self.record)
 
     @property
     def video_frames(self) -> int:
@@ -319,18 +344,6 @@ class VideoRun:
         finally:
             os.close(fd)
 
-    @contextlib.contextmanager
-    def _threads(self):
-        """Run with the torch thread count the run started with, then give the caller's back."""
-        before = torch.get_num_threads()
-        if self.threads is not None and self.threads != before:
-            torch.set_num_threads(self.threads)
-        try:
-            yield
-        finally:
-            if torch.get_num_threads() != before:
-                torch.set_num_threads(before)
-
     # ------------------------------------------------------------------ generation
     def generate(self, on_frame: Callable[[], None] | None = None, stop: Callable[[], bool] | None = None,
                  on_start: Callable[[int], None] | None = None) -> bool:
@@ -342,7 +355,7 @@ class VideoRun:
         from miga.mp4frag import FragmentedMP4
 
         video = self.video
-        with self._locked(), self._threads():
+        with self._locked(), torch_threads(self.threads):
             state = self._load_checkpoint()
             if state is not None and state["complete"]:
                 gone = [path for path in (self.out, self.latents_path)
