@@ -2,14 +2,8 @@
 ``test_bad_input.py``'s table) nor kills and resumes (``test_resume.py``)."""
 
 import json
-import os
 
-import pytest
-import torch
-
-from miga import LongVideo, MIGAConfig, load_backbone
 from miga.errors import MigaError
-from miga.evaluation.latents import read_latents
 from cli_helpers import run
 
 SMALL = ["--model", "gaussian", "--height", "32", "--width", "32", "--frames", "24"]
@@ -37,33 +31,6 @@ def test_ablate_out_in_a_new_folder_gets_its_parents(tmp_path, capsys):
                        "--out", tmp_path / "new" / "abl")
     assert code == 0, err
     assert (tmp_path / "new" / "abl" / "results.md").is_file()
-
-
-def test_a_run_started_from_python_resumes_without_its_backbone(tmp_path):
-    """``LongVideo.resume(DIR)`` as the README writes it: the backbone from ``load_backbone`` is rebuilt from
-    what the run recorded (it needed ``backbone=``, and the error named ``VideoRun``)."""
-    world = load_backbone("gaussian", height=32, width=32)
-    cfg = MIGAConfig.gaussian()
-    first = LongVideo(world, "x", 40, cfg, seed=2).start_run(str(tmp_path / "r"), str(tmp_path / "v.mp4"),
-                                                              checkpoint_every=8)
-    calls = [0]
-
-    def stop():
-        calls[0] += 1
-        return calls[0] >= 12
-    assert first.generate(stop=stop) is False
-    resumed = LongVideo.resume(str(tmp_path / "r"))
-    assert resumed.video.backbone is not world and resumed.generate() is True
-    reference = torch.stack(list(LongVideo(world, "x", 40, cfg, seed=2).latents()))
-    assert torch.equal(read_latents(resumed.latents_path)[0], reference)
-
-
-def test_a_backbone_that_cannot_be_rebuilt_is_named_in_the_public_api(tmp_path):
-    world = load_backbone("gaussian", height=32, width=32)
-    del world.load_args  # as a backbone from from_pipe or the user's own adapter
-    LongVideo(world, "x", 16, MIGAConfig.gaussian(), seed=0).start_run(str(tmp_path / "r"), str(tmp_path / "v.mp4"))
-    with pytest.raises(MigaError, match=r"LongVideo\.resume\(run_dir, backbone=\.\.\.\)"):
-        LongVideo.resume(str(tmp_path / "r"))
 
 
 # ---------------------------------------------------------------- 5. wrong or misleading messages
@@ -123,24 +90,3 @@ def test_eval_does_not_score_latents_left_by_an_earlier_run(tmp_path, capsys):
     assert code == 2 and "saved with another video" in err and len(err.strip().splitlines()) == 1, err
     code, _, err = run(capsys, "eval", video, "--latents", stale)
     assert code == 2 and "saved with another video" in err, err
-
-
-def test_the_bar_says_what_it_waits_for_and_a_resume_where_it_resumes(tmp_path, capsys, monkeypatch):
-    from miga.runs import VideoRun
-
-    code, _, err = run(capsys, "generate", "x", *SMALL, "--out", tmp_path / "v.mp4")
-    assert code == 0 and "filling the queue" in err, err
-    real = VideoRun.generate
-
-    def stop_at_12(self, on_frame=None, stop=None, **kwargs):
-        return real(self, on_frame, lambda: self.frames_done >= 12, **kwargs)
-    monkeypatch.setattr(VideoRun, "generate", stop_at_12)
-    argv = ["generate", "x", *SMALL, "--out", tmp_path / "w.mp4", "--run-dir", tmp_path / "r", "--checkpoint-every",
-            "8", "--no-progress"]
-    assert run(capsys, *argv)[0] == 130
-    monkeypatch.undo()
-    code, _, err = run(capsys, "generate", "--resume", tmp_path / "r", "--no-progress")
-    assert code == 0 and f"miga: resuming {tmp_path / 'r'} at frame 8 of 24" in err, err
-    code, _, err = run(capsys, *argv)  # complete: says so rather than "wrote"
-    assert code == 0 and "complete already" in err and "wrote" not in err, err
-    assert os.path.getsize(tmp_path / "w.mp4") > 0

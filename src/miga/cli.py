@@ -463,13 +463,14 @@ def _progress(args, total: int, name: str, initial: int = 0):
 
     bar = tqdm(total=total, initial=initial, unit="frame", desc=f"{args.method} {name}", disable=args.no_progress,
                dynamic_ncols=True)
-    bar.set_postfix_str("filling the queue")
+    if not initial:
+        bar.set_postfix_str("filling the queue")
     return bar
 
 
 def _count_frame(bar) -> None:
     """One frame done on a bar from :func:`_progress` (the filling status goes with the first)."""
-    if bar.postfix:
+    if getattr(bar, "postfix", None):
         bar.set_postfix_str("", refresh=False)
     bar.update(1)
 
