@@ -75,6 +75,8 @@ def test_an_error_after_the_progress_bar_started_stands_on_its_own_line(tmp_path
 
 # ---------------------------------------------------------------- 6. silent surprises
 def test_eval_does_not_score_latents_left_by_an_earlier_run(tmp_path, capsys):
+    """The video records where its latents went (or that none were saved), so ``miga eval`` leaves a
+    ``NAME.latents.safetensors`` of an earlier video under the same name alone."""
     video, stale = tmp_path / "s.mp4", tmp_path / "s.latents.safetensors"
     assert run(capsys, "generate", "x", *SMALL, "--out", video, "--save-latents", "--no-progress")[0] == 0
     code, _, err = run(capsys, "eval", video, "--json", tmp_path / "a.json")
@@ -84,9 +86,14 @@ def test_eval_does_not_score_latents_left_by_an_earlier_run(tmp_path, capsys):
     assert run(capsys, "generate", "y", *SMALL, "--seed", "1", "--out", video, "--no-progress")[0] == 0
     assert stale.exists()
     code, _, err = run(capsys, "eval", video, "--json", tmp_path / "b.json")
-    assert code == 0 and f"not using {stale}" in err, err
+    assert code == 0 and f"not using the latents {stale}" in err and "left by an earlier run" in err, err
     assert json.loads((tmp_path / "b.json").read_text())["videos"][0]["latent_consistency"] is None
     code, _, err = run(capsys, "eval", "--world", "gaussian", video)
-    assert code == 2 and "saved with another video" in err and len(err.strip().splitlines()) == 1, err
-    code, _, err = run(capsys, "eval", video, "--latents", stale)
-    assert code == 2 and "saved with another video" in err, err
+    assert code == 2 and "left by an earlier run" in err and len(err.strip().splitlines()) == 1, err
+    # ... or with its latents saved elsewhere
+    other = tmp_path / "other.safetensors"
+    assert run(capsys, "generate", "y", *SMALL, "--out", video, "--save-latents", other, "--no-progress")[0] == 0
+    code, _, err = run(capsys, "eval", "--world", "gaussian", video)
+    assert code == 2 and f"saved them to {other}" in err, err
+    code, _, err = run(capsys, "eval", "--world", "gaussian", video, "--latents", other)  # what the user says
+    assert code == 0, err

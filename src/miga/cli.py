@@ -252,24 +252,15 @@ def _latents_path(args) -> str | None:
     return path
 
 
-def _video_id(video, model: str) -> str:
-    """What ties a video to the latents saved with it (both keep it): the digest of what fixes the latents
-    (:func:`miga.runs.video_id`)."""
-    from miga.runs import video_id, video_identity
-
-    return video_id(video_identity(video, model))
-
-
-def _latent_writer(path: str, video, args, video_id: str):
+def _latent_writer(path: str, video, args):
     from miga.config import MIGAConfig
     from miga.evaluation.latents import LatentWriter
-    from miga.video import VIDEO_ID
 
     bb, cfg = video.backbone, video.config
     miga_cfg = isinstance(cfg, MIGAConfig)
     meta = {"frames": args.frames, "frames_per_latent": bb.frames_per_latent, "fps": bb.fps, "method": args.method,
             "chunk": cfg.zigzag_width if miga_cfg else 1, "refs": cfg.reflection_ref_chunks if miga_cfg else 1,
-            "score_mode": cfg.score_mode if miga_cfg else "frame", VIDEO_ID: video_id}
+            "score_mode": cfg.score_mode if miga_cfg else "frame"}
     return LatentWriter(path, video.num_latents, tuple(bb.latent_shape), meta)
 
 
@@ -316,7 +307,7 @@ def generate(args) -> int:
 def _generate(args, t0: float) -> int:
     from miga.pipeline import LongVideo, load_backbone
     from miga.preview import ContactSheet, check_preview_path
-    from miga.video import VideoWriter, atomic_write_text, check_writable, prompts_metadata
+    from miga.video import VideoWriter, atomic_write_text, check_writable, latents_tag, prompts_metadata
 
     if not args.out.lower().endswith(".mp4"):
         raise MigaError(f"--out must name an .mp4 file, got {args.out}")
@@ -335,12 +326,11 @@ def _generate(args, t0: float) -> int:
     if args.run_dir is not None:
         return _generate_run(args, video, latents_path)
     sheet = ContactSheet(args.frames) if args.preview else None
-    video_id = _video_id(video, args.model)
-    latents = _latent_writer(latents_path, video, args, video_id) if latents_path else None
+    latents = _latent_writer(latents_path, video, args) if latents_path else None
     bar = _progress(args, args.frames, backbone.name)
     try:
-        with VideoWriter(args.out, backbone.fps, metadata=prompts_metadata(zip(prompts.starts, prompts.prompts),
-                                                                          video_id)) as writer:
+        tags = prompts_metadata(zip(prompts.starts, prompts.prompts), miga_latents=latents_tag(args.out, latents_path))
+        with VideoWriter(args.out, backbone.fps, metadata=tags) as writer:
             for i, frame in enumerate(video.frames() if latents is None else video.frames(on_latent=latents.write)):
                 writer.write(frame)
                 if sheet is not None:
@@ -654,16 +644,17 @@ def _check_output(path: str | None, suffix: str | None = None, flag: str = "") -
     check_writable(path)
 
 
-def _stale_latents(video: str, path: str, meta: dict) -> str | None:
-    """Why the latents ``path`` (metadata ``meta``) are not those of ``video`` (they were saved with another
-    video: the two hold different video ids), or None (the same id, or a file without one)."""
-    from miga.video import VIDEO_ID, read_video_id
+def _stale_latents(video: str, path: str) -> str | None:
+    """Why the latents file ``path`` found beside ``video`` is not the video's own (the video records that it
+    saved none, or saved them elsewhere: the file is left by an earlier run), or None."""
+    from miga.video import saved_latents
 
-    saved, made = meta.get(VIDEO_ID), read_video_id(video)
-    if saved is None or made is None or str(saved) == made:
+    recorded, saved = saved_latents(video)
+    if not recorded or (saved is not None and os.path.realpath(saved) == os.path.realpath(path)):
         return None
-    return (f"they were saved with another video than {video} (left by an earlier run?); make the video again "
-            "with --save-latents to measure its latents")
+    where = "saved none" if saved is None else f"saved them to {saved}"
+    return (f"{video} was made after it (miga generate {where}), so it is left by an earlier run; make the video "
+            "again with --save-latents, or give --latents FILE")
 
 
 def _video_latents(video: str, given: str | None, frames: int) -> dict | None:
@@ -673,13 +664,11 @@ def _video_latents(video: str, given: str | None, frames: int) -> dict | None:
     path = given or default_latents_path(video)
     if given is None and not os.path.isfile(path):
         return None
-    latents, meta = read_latents(path)
-    stale = _stale_latents(video, path, meta)
-    if stale and given is None:
-        print(f"miga: not using {path}: {stale}", file=sys.stderr)
-        return None
+    stale = None if given else _stale_latents(video, path)
     if stale:
-        raise MigaError(f"--latents {path}: {stale}")
+        print(f"miga: not using the latents {path}: {stale}", file=sys.stderr)
+        return None
+    latents, meta = read_latents(path)
     k = int(meta.get("frames_per_latent", 1))
     if -(-frames // k) != len(latents):
         raise MigaError(f"latents {path} hold {len(latents)} latents ({k} frame(s) each), but {video} has "
@@ -988,10 +977,10 @@ def evaluate_gaussian(args) -> int:
         entries = [(0, args.prompt)] if args.prompt is not None else read_prompts_metadata(video)
         if entries is None:
             raise MigaError(f"{video} holds no prompt (it was not made by miga generate); pass --prompt TEXT")
-        latents, meta = read_latents(latents_path)
-        stale = _stale_latents(video, latents_path, meta)
+        stale = None if args.latents else _stale_latents(video, latents_path)
         if stale:
-            raise MigaError(f"latents {latents_path}: {stale}")
+            raise MigaError(f"not using the latents {latents_path}: {stale}")
+        latents, meta = read_latents(latents_path)
         k = int(meta.get("frames_per_latent", 1))
         world = gaussian_world_for(latents.shape[1:], latents_path)
         if k != 1:

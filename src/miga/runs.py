@@ -55,7 +55,7 @@ from miga.config import FIFOConfig, MIGAConfig
 from miga.engine.prompts import PromptSchedule
 from miga.engine.queue import RunInterrupted
 from miga.errors import MigaError
-from miga.video import check_new_folder
+from miga.video import LATENTS_TAG, check_new_folder, latents_tag
 
 FORMAT = "miga-run/1"
 RUN_FILE = "run.json"
@@ -107,12 +107,6 @@ class RunDifference(MigaError):
         self.difference, self.record = difference, record
 
 
-def video_id(identity: dict) -> str:
-    """A short digest of :func:`video_identity`: the MP4 and the latents saved with it both hold it, so
-    ``miga eval`` can tell latents left by an earlier run from the video's own."""
-    return "sha256:" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def difference(stored: dict, new: dict) -> str | None:
     """The first field in which two run records' ``video``/``outputs`` differ, said for a person, or None."""
     for section in ("video", "outputs"):
@@ -159,17 +153,14 @@ def _digest(record: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def latent_metadata(video, video_id: str | None = None) -> dict:
-    """The ``--save-latents`` metadata (:data:`miga.evaluation.latents.METADATA_KEYS`) of a video, with its
-    :func:`video_id` when given."""
-    from miga.video import VIDEO_ID
-
+def latent_metadata(video) -> dict:
+    """The ``--save-latents`` metadata (:data:`miga.evaluation.latents.METADATA_KEYS`) of a video."""
     bb, cfg = video.backbone, video.config
     miga_cfg = isinstance(cfg, MIGAConfig)
     return {"frames": video.num_frames, "frames_per_latent": bb.frames_per_latent, "fps": bb.fps,
             "method": "miga" if miga_cfg else "fifo", "chunk": cfg.zigzag_width if miga_cfg else 1,
             "refs": cfg.reflection_ref_chunks if miga_cfg else 1,
-            "score_mode": cfg.score_mode if miga_cfg else "frame", **({VIDEO_ID: video_id} if video_id else {})}
+            "score_mode": cfg.score_mode if miga_cfg else "frame"}
 
 
 def recorded_threads(record: dict) -> int | None:
@@ -204,7 +195,8 @@ class VideoRun:
         self.out = record["outputs"]["out"]
         self.latents_path = record["outputs"]["latents"] or os.path.join(run_dir, LATENTS)
         self.checkpoint_every = int(record["checkpoint_every"])
-        self.video_id = record.get("video_id")  # None in runs recorded before miga kept it: outputs as they were
+        # where the video says its latents are (LATENTS_TAG); runs recorded before miga kept it: not said
+        self.tags = {LATENTS_TAG: record["latents_tag"]} if "latents_tag" in record else {}
         self.seconds = 0.0  # generation time over all sessions, once generate() returns
         self.frames_done = 0  # frames in the video and the open segment
 
@@ -235,7 +227,7 @@ class VideoRun:
                         "latents": os.path.abspath(save_latents) if save_latents else None,
                         "keep_latents": save_latents is not None},
             "checkpoint_every": every, "load": load, "cli": cli, "threads": torch.get_num_threads()})
-        record["video_id"] = video_id(record["video"])
+        record["latents_tag"] = latents_tag(out, save_latents or os.path.join(run_dir, LATENTS))
         path = os.path.join(run_dir, RUN_FILE)
         if resuming or os.path.exists(path):
             stored = read_record(run_dir)
@@ -373,7 +365,7 @@ class VideoRun:
                                                                   "seconds": 0.0}
             self._mp4 = FragmentedMP4(self.out + ".partial", outputs["video"] or None)  # checks before writing
             self._store = LatentWriter(self.latents_path, video.num_latents, tuple(video.backbone.latent_shape),
-                                       latent_metadata(video, self.video_id), resume=int(outputs["latents"]))
+                                       latent_metadata(video), resume=int(outputs["latents"]))
             self._mp4.restore()
             self._clear_segment()
             if state is not None:
@@ -436,7 +428,7 @@ class VideoRun:
             schedule = self.video.prompts
             self._segment = VideoWriter(os.path.join(self.run_dir, SEGMENT), self.video.backbone.fps,
                                         metadata=prompts_metadata(zip(schedule.starts, schedule.prompts),
-                                                                  self.video_id))
+                                                                  **self.tags))
         self._segment.write(frame)
         self.frames_done += 1
         if self._on_frame is not None:

@@ -252,26 +252,39 @@ PROMPTS_TAG = "comment"
 """The container tag that holds ``miga generate``'s prompt schedule."""
 
 
-VIDEO_ID = "miga_video"
-"""The key of the digest that ties a video to the latents saved with it: in the prompts tag of the MP4 and
-in the latents file's metadata (``miga eval`` ignores latents with another one, left by an earlier run)."""
+LATENTS_TAG = "miga_latents"
+"""The key, beside ``miga_prompts``, under which ``miga generate`` records where it saved the video's latents
+(a file name beside the video, or an absolute path) or ``null`` when it saved none, so that ``miga eval``
+does not take latents left beside the video by an earlier run for the video's own."""
 
 
-def prompts_metadata(schedule: Sequence[tuple[int, str]], video_id: str | None = None) -> dict[str, str]:
-    """Container tags recording a prompt schedule given as ``(start_frame, prompt)`` pairs (and the
-    ``video_id`` that the latents saved with the video also hold)."""
+def prompts_metadata(schedule: Sequence[tuple[int, str]], **tags) -> dict[str, str]:
+    """Container tags recording a prompt schedule given as ``(start_frame, prompt)`` pairs, and ``tags``
+    (e.g. ``miga_latents=...``) in the same JSON."""
     entries = [[int(start), str(prompt)] for start, prompt in schedule]
-    tag = {"miga_prompts": entries, **({VIDEO_ID: video_id} if video_id else {})}
-    return {PROMPTS_TAG: json.dumps(tag, ensure_ascii=False)}
+    return {PROMPTS_TAG: json.dumps({"miga_prompts": entries, **tags}, ensure_ascii=False)}
 
 
-def read_video_id(path: str | os.PathLike) -> str | None:
-    """The video id that ``miga generate`` stored in a video (:func:`prompts_metadata`), or None."""
-    try:
-        value = json.loads(read_video_metadata(path).get(PROMPTS_TAG) or "{}").get(VIDEO_ID)
-    except (ValueError, AttributeError):
+def latents_tag(video: str, latents: str | None) -> str | None:
+    """How a video records where its latents were saved: the file name when beside it, else the absolute path."""
+    if latents is None:
         return None
-    return value if isinstance(value, str) else None
+    latents = os.path.abspath(latents)
+    beside = os.path.dirname(latents) == os.path.dirname(os.path.abspath(video))
+    return os.path.basename(latents) if beside else latents
+
+
+def saved_latents(path: str | os.PathLike) -> tuple[bool, str | None]:
+    """``(recorded, latents path)``: whether ``miga generate`` recorded in the video where it saved the latents
+    (videos made before it did, or by other programs, did not), and that path (None: it saved none)."""
+    try:
+        tags = json.loads(read_video_metadata(path).get(PROMPTS_TAG) or "{}")
+    except ValueError:
+        return False, None
+    if not isinstance(tags, dict) or LATENTS_TAG not in tags:
+        return False, None
+    name = tags[LATENTS_TAG]
+    return True, (os.path.join(os.path.dirname(os.fspath(path)), name) if isinstance(name, str) else None)
 
 
 def read_prompts_metadata(path: str | os.PathLike) -> list[tuple[int, str]] | None:
