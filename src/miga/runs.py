@@ -227,7 +227,7 @@ class VideoRun:
                         "latents": os.path.abspath(save_latents) if save_latents else None,
                         "keep_latents": save_latents is not None},
             "checkpoint_every": every, "load": load, "cli": cli, "threads": torch.get_num_threads()})
-        record["latents_tag"] = latents_tag(out, save_latents or os.path.join(run_dir, LATENTS))
+        record["latents_tag"] = latents_tag(out, save_latents)  # those kept in the run dir are not beside it
         path = os.path.join(run_dir, RUN_FILE)
         if resuming or os.path.exists(path):
             stored = read_record(run_dir)

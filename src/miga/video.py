@@ -253,9 +253,10 @@ PROMPTS_TAG = "comment"
 
 
 LATENTS_TAG = "miga_latents"
-"""The key, beside ``miga_prompts``, under which ``miga generate`` records where it saved the video's latents
-(a file name beside the video, or an absolute path) or ``null`` when it saved none, so that ``miga eval``
-does not take latents left beside the video by an earlier run for the video's own."""
+"""The key, beside ``miga_prompts``, under which ``miga generate`` records where ``--save-latents`` saved the
+video's latents (a file name beside the video, or an absolute path) or ``null`` when it was not given (a
+run dir's own latents stay in the run dir), so that ``miga eval`` does not take latents left beside the video
+by an earlier run for the video's own."""
 
 
 def prompts_metadata(schedule: Sequence[tuple[int, str]], **tags) -> dict[str, str]:
