@@ -56,6 +56,21 @@ def test_mechanism_switches_reach_the_config(tmp_path, capsys):
         (2, 0, 0, False, 24)
 
 
+
+@pytest.mark.parametrize("flags, want", [
+    (["--reflection-threshold", "auto"], ("auto", 0.01, "all")),
+    (["--reflection-threshold", "0.03", "--reflect-during", "fill"], ("fixed", 0.03, "fill")),
+    ([], ("fixed", 0.01, "all")),
+])
+def test_reflection_threshold_auto_and_reflect_during_reach_the_config(tmp_path, capsys, flags, want):
+    stats = tmp_path / "s.json"
+    code, err = run(capsys, "generate", "x", "--frames", "20", "--out", str(tmp_path / "v.mp4"), "--stats",
+                    str(stats), *flags, *SMALL)
+    assert code == 0, err
+    cfg = json.loads(stats.read_text())["config"]
+    assert (cfg["reflection_calibration"], cfg["reflection_threshold"], cfg["reflect_during"]) == want
+
+
 BAD = [
     (["--frames", "0"], "--frames"),
     (["--frames", "ten"], "--frames"),
@@ -70,6 +85,9 @@ BAD = [
     (["--height", "30"], "8"),
     (["--out", "video.gif"], ".mp4"),
     (["--reflection-threshold", "-1"], "reflection-threshold"),
+    (["--reflection-threshold", "often"], "expected a number >= 0 or 'auto'"),
+    (["--no-reflection", "--reflect-during", "fill"], "--reflect-during sets how self-reflection runs"),
+    (["--method", "fifo", "--reflect-during", "fill"], "only apply to --method miga"),
 ]
 
 

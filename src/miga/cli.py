@@ -17,7 +17,7 @@ WORLDS = ("shapes", "gaussian")
 MIGA_ONLY = {  # flag -> config field; refused with --method fifo
     "zigzag_width": "--zigzag-width", "stage2_steps": "--stage2-steps", "guides": "--guides",
     "reflection_threshold": "--reflection-threshold", "stride": "--stride", "stage2_mode": "--stage2-mode",
-    "guide_selection": "--guide-selection",
+    "guide_selection": "--guide-selection", "reflect_during": "--reflect-during",
 }
 
 
@@ -38,6 +38,19 @@ def _number(kind=int, minimum=1):
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
         return value
     return parse
+
+
+def _threshold(text: str):
+    """``--reflection-threshold``: ``auto`` (calibrated on the video's own scores) or a number >= 0."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'auto', got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 or 'auto', got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stride", type=_number(), metavar="S", help="sliding-window stride s")
     g.add_argument("--guide-selection", choices=("uniform", "nearest"))
     g.add_argument("--stage2-mode", choices=("stream", "batch"))
-    g.add_argument("--reflection-threshold", type=_number(float, 0), metavar="D", help="delta_adju")
+    g.add_argument("--reflection-threshold", type=_threshold, metavar="D", help="delta_adju: a score drop larger "
+                   "than D triggers a search; 'auto': a drop unusual for this video's own scores (the same meaning "
+                   "on every backbone)")
+    g.add_argument("--reflect-during", choices=("all", "fill"), help="self-reflection on every Stage-1 pass "
+                   "(the paper) or only while the queue fills (the released code)")
     g.add_argument("--no-reflection", action="store_true", help="disable self-reflection")
     g.add_argument("--window-batch", type=_number(), metavar="B", help="windows per model call where allowed")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -207,10 +224,15 @@ def _config(args, backbone):
                                 f"got {args.steps}")
             common["partitions"] = args.steps // f0
         return cfg.with_(**common)
-    if args.no_reflection and args.reflection_threshold is not None:
-        raise MigaError("--reflection-threshold sets self-reflection's threshold, which --no-reflection turns off; "
-                        "give one of them")
+    for flag, value in (("--reflection-threshold", args.reflection_threshold),
+                        ("--reflect-during", args.reflect_during)):
+        if args.no_reflection and value is not None:
+            raise MigaError(f"{flag} sets how self-reflection runs, which --no-reflection turns off; give one of them")
     fields = {field: getattr(args, field) for field in MIGA_ONLY}
+    if fields["reflection_threshold"] == "auto":
+        fields.update(reflection_threshold=None, reflection_calibration="auto")
+    elif fields["reflection_threshold"] is not None:
+        fields["reflection_calibration"] = "fixed"
     cfg = cfg.with_(steps=args.steps, **fields, **common)
     if args.no_reflection:
         cfg = cfg.with_(reflection=False)
