@@ -62,7 +62,7 @@ def import_diffusers():
     missing = [m for m in ("diffusers", "transformers", "accelerate") if importlib.util.find_spec(m) is None]
     if missing:
         raise MigaError(f"diffusers models need {', '.join(missing)}; install them with "
-                        'pip install "miga-video[diffusers]"')
+                        'pip install ".[diffusers]" in the miga checkout')
     import diffusers
 
     return diffusers

@@ -162,7 +162,7 @@ def _transformers():
     try:
         import transformers
     except ImportError:
-        raise MigaError('--dino/--clip need transformers; install it with pip install "miga-video[eval]"') from None
+        raise MigaError('--dino/--clip need transformers; install it with pip install ".[eval]" in the miga checkout') from None
     return transformers
 
 

@@ -18,7 +18,7 @@ def import_cv2():
     try:
         import cv2
     except ImportError:
-        raise MigaError('the VBench metrics need OpenCV; install it with pip install "miga-video[eval]"') from None
+        raise MigaError('the VBench metrics need OpenCV; install it with pip install ".[eval]" in the miga checkout') from None
     return cv2
 
 
