@@ -37,6 +37,26 @@ def test_time_limit_stops_early_and_leaves_a_checkpoint(tmp_path):
     assert (tmp_path / CHECKPOINT).exists() and not (tmp_path / WEIGHTS).exists()
 
 
+def test_sigterm_stops_after_the_step_under_way_with_a_checkpoint(tmp_path, monkeypatch):
+    import signal
+
+    trainer = start_or_resume(str(tmp_path), RECIPE, TINY)
+    step = trainer.ae_train_step
+
+    def step_then_terminate():
+        loss = step()
+        if trainer.ae_step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # what kill or a cluster scheduler sends
+        return loss
+
+    monkeypatch.setattr(trainer, "ae_train_step", step_then_terminate)
+    before = signal.getsignal(signal.SIGTERM)
+    assert not trainer.run(progress=False)
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["ae_step"] == 2
+    assert start_or_resume(str(tmp_path), RECIPE, TINY).run(progress=False)  # and it resumes to the end
+
+
 def test_resume_refuses_a_changed_recipe_or_architecture(tmp_path):
     start_or_resume(str(tmp_path), RECIPE, TINY).run(time_limit=0.0, progress=False)
     with pytest.raises(MigaError, match="lr"):

@@ -14,6 +14,8 @@ import json
 import math
 import os
 import platform
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, fields, replace
 
@@ -247,7 +249,8 @@ class ToyTrainer:
 
     def run(self, *, time_limit: float | None = None, progress: bool = True) -> bool:
         """Train until done or ``time_limit`` seconds pass; checkpoint on the way and at the end (also on
-        Ctrl-C). Returns whether training is complete."""
+        Ctrl-C, and on SIGTERM, which a cluster scheduler or ``kill`` sends: the step under way finishes, then
+        the run stops). Returns whether training is complete."""
         from tqdm.auto import tqdm
 
         os.makedirs(self.run_dir, exist_ok=True)
@@ -256,9 +259,13 @@ class ToyTrainer:
         total = t.ae_steps + t.steps
         bar = tqdm(total=total, initial=min(self.ae_step, t.ae_steps) + min(self.step, t.steps),
                    disable=not progress, unit="step", desc="train-toy")
+        terminated: list[int] = []
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
         try:
             while not self.done:
-                if time_limit is not None and time.monotonic() - start >= time_limit:
+                if terminated or (time_limit is not None and time.monotonic() - start >= time_limit):
                     break
                 t0 = time.monotonic()
                 if self.ae_step < t.ae_steps:
@@ -279,6 +286,8 @@ class ToyTrainer:
                 if k % t.checkpoint_every == 0:
                     self.save()
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
             bar.close()
             self.save()
         if self.done:
