@@ -12,9 +12,10 @@ from dataclasses import asdict
 
 from miga.errors import MigaError
 
-METHODS = ("miga", "fifo")
+METHODS = ("miga", "fifo", "freenoise", "freelong", "freepca")
+FULL_SEQUENCE = ("freenoise", "freelong", "freepca")  # all N latents at once (miga.engine.full_sequence)
 WORLDS = ("shapes", "gaussian")
-MIGA_ONLY = {  # flag -> config field; refused with --method fifo
+MIGA_ONLY = {  # flag -> config field; refused with any other --method
     "zigzag_width": "--zigzag-width", "stage2_steps": "--stage2-steps", "guides": "--guides",
     "reflection_threshold": "--reflection-threshold", "stride": "--stride", "stage2_mode": "--stage2-mode",
     "guide_selection": "--guide-selection", "reflect_during": "--reflect-during",
@@ -81,7 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ddim-rescale", action="store_true", help="VideoCrafter2: apply its training-time latent "
                    "scaling (use_scale) in every DDIM step, as its own sampler does; off by default, as in "
                    "FIFO-Diffusion's and MIGA's code and the paper's numbers")
-    g.add_argument("--method", choices=METHODS, default="miga")
+    g.add_argument("--method", choices=METHODS, default="miga", help="miga (default), fifo, or a full-sequence "
+                   "baseline: freenoise, freelong, freepca (all frames denoised together, memory grows with --frames; "
+                   "models with temporal attention only: VideoCrafter2, UNet3D, built-in model v2)")
+    g.add_argument("--force", action="store_true", help="freenoise/freelong/freepca: run even when the estimated "
+                   "peak memory exceeds the device's free memory")
     g.add_argument("--preset", help="preset: videocrafter2, modelscope, wan2.1, skyreels-v2-df, gaussian, shapes "
                    "(default: the model's own)")
     g.add_argument("--frames", type=_number(), default=128, metavar="N", help="output frames (default 128)")
@@ -209,8 +214,24 @@ def _version() -> str:
 def _config(args, backbone):
     from miga.config import FIFOConfig, preset
 
+    if args.method in FULL_SEQUENCE:
+        from miga.baselines.methods import check_backbone
+
+        check_backbone(backbone, args.method)  # before the preset: say which models work
+        if args.run_dir is not None:
+            raise MigaError(f"--run-dir does not apply to --method {args.method}: a full-sequence method finishes no "
+                            f"frame before its last step, so there is nothing to checkpoint frame by frame")
     cfg = preset(args.preset or backbone.default_preset, args.method)
     common = dict(guidance_scale=args.guidance_scale, window_batch=args.window_batch)
+    if args.method in FULL_SEQUENCE:
+        given = [flag for field, flag in MIGA_ONLY.items() if getattr(args, field) is not None]
+        if args.no_reflection:
+            given.append("--no-reflection")
+        if given:
+            raise MigaError(f"{', '.join(given)} only apply to --method miga")
+        return cfg.with_(steps=args.steps, **common)
+    if getattr(args, "force", False):
+        raise MigaError("--force only applies to --method freenoise, freelong or freepca (their memory check)")
     if isinstance(cfg, FIFOConfig):
         given = [flag for field, flag in MIGA_ONLY.items() if getattr(args, field) is not None]
         if args.no_reflection:
@@ -345,6 +366,11 @@ def _generate(args, t0: float) -> int:
     config = _config(args, backbone)
     video = LongVideo(backbone, prompts, args.frames, config, seed=args.seed)
     _explain_frame_rounding(video, args.frames)
+    memory = None
+    if args.method in FULL_SEQUENCE:
+        from miga.baselines.methods import check_memory
+
+        memory = check_memory(backbone, config, video.num_latents, video._conds[0], force=getattr(args, "force", False)).total
     if args.run_dir is not None:
         return _generate_run(args, video, latents_path)
     sheet = ContactSheet(args.frames) if args.preview else None
@@ -385,6 +411,8 @@ def _generate(args, t0: float) -> int:
             "reflection_adoptions": s.reflection_adoptions, "method": args.method, "model": args.model,
             "seed": args.seed, "config": asdict(config),
         }
+        if memory is not None:
+            stats["memory_estimate_bytes"] = memory
         atomic_write_text(args.stats, json.dumps(stats, indent=2) + "\n")
     saved = f"; latents in {latents_path}" if latents_path else ""
     print(f"wrote {args.out}: {args.frames} frames, {video.stats.nfe} model calls, {total:.1f} s{saved}",

@@ -266,6 +266,185 @@ class MIGAConfig(_SamplingFields):
         return cls.gaussian().with_(guidance_scale=3.0)
 
 
+# ------------------------------------------------------------------------------------------ baselines (issue 16)
+def _attention_configs():
+    """Part A's attention configs (the one home of W, S, d_t, d_s, tau, ...): imported lazily."""
+    from miga.baselines.attention import FreeLongConfig, FreeNoiseConfig, FreePCAConfig
+
+    return FreeNoiseConfig, FreeLongConfig, FreePCAConfig
+
+
+@dataclass(frozen=True)
+class _FullSequenceFields(_SamplingFields):
+    """What FreeNoise, FreeLong and FreePCA share (``shared/spec/baselines.md`` §1): all N latents at one level,
+    ``steps`` steps of the model's schedule and solver, one model call on all N frames per step (and CFG branch).
+
+    Attributes:
+        steps: T, the schedule length (50 DDIM steps in the three VideoCrafter2 repositories).
+        attention: part A's attention config (:mod:`miga.baselines.attention`), which holds the method's
+            constants (W, S, d_t, d_s, tau, ...); None = its defaults with the window set to the model's f_0 (and
+            FreeNoise's and FreePCA's stride to f_0 / 4, the spec's S = W/4).
+    """
+
+    steps: int = 50
+    attention: object = None
+    method = "?"
+    _attention_index = 0
+
+    def attention_config(self, native_frames: int):
+        """The attention config for a model window of ``native_frames`` (see ``attention``)."""
+        if self.attention is not None:
+            return self.attention
+        kind = _attention_configs()[self._attention_index]
+        fields = {"window": native_frames}
+        if "stride" in kind.__dataclass_fields__:
+            fields["stride"] = max(1, native_frames // 4)
+        return kind(**fields)
+
+    def _check_full_sequence(self, native_frames: int) -> None:
+        self._check_sampling()
+        if self.steps < 1:
+            raise MigaError(f"steps must be >= 1, got {self.steps}")
+        kind = _attention_configs()[self._attention_index]
+        if self.attention is not None and not isinstance(self.attention, kind):
+            raise MigaError(f"{self.method} needs a {kind.__name__} as its attention config, got "
+                            f"{type(self.attention).__name__}")
+        window = self.attention_config(native_frames).window
+        if window > native_frames:
+            raise MigaError(f"{self.method}'s window W={window} is longer than the model's window f_0={native_frames}")
+
+
+@dataclass(frozen=True)
+class FreeNoiseMethod(_FullSequenceFields):
+    """FreeNoise (Qiu et al., ICLR 2024; spec §4): noise rescheduling of the initial noise (§4.1 a) and window-fused
+    temporal attention at every step (§4.1 b, :class:`miga.baselines.attention.WindowedAttention`).
+
+    Attributes:
+        reschedule_noise: apply the noise rescheduling (W, S of the attention config).
+    """
+
+    reschedule_noise: bool = True
+    method = "freenoise"
+    _attention_index = 0
+
+    def validate(self, native_frames: int) -> "FreeNoiseMethod":
+        self._check_full_sequence(native_frames)
+        return self
+
+    @classmethod
+    def videocrafter2(cls) -> "FreeNoiseMethod":
+        """The repository's VideoCrafter2 script: W=16, S=4 (the model's f_0 = 16 and f_0/4; ``--window-latents``
+        changes them), DDIM 50, eta 0, CFG 12."""
+        return cls(steps=50, solver="ddim", eta=0.0, guidance_scale=12.0)
+
+    @classmethod
+    def modelscope(cls) -> "FreeNoiseMethod":
+        """UNet3D models (spec §4.3 b): W = the model's f_0 (16 ModelScope, 24 Zeroscope), S = W/4, CFG 9."""
+        return cls(steps=50, solver="ddim", eta=0.0, guidance_scale=9.0)
+
+    @classmethod
+    def shapes(cls) -> "FreeNoiseMethod":
+        """Built-in model v2 (flow): W = f_0, S = f_0/4, the shapes MIGA preset's sampling (32 UniPC-2 steps, CFG 3)."""
+        return cls(steps=32, solver="unipc", eta=0.0, guidance_scale=3.0)
+
+
+@dataclass(frozen=True)
+class FreeLongMethod(_FullSequenceFields):
+    """FreeLong (Lu et al., NeurIPS 2024; spec §2): SpectralBlend temporal attention at every step
+    (:class:`miga.baselines.attention.SpectralBlendAttention`) and FreeNoise's noise rescheduling as its init
+    (§2.1 g).
+
+    Attributes:
+        reschedule_noise: FreeNoise's rescheduling of the initial noise.
+        noise_window, noise_stride: its W, S (16, 4 in the code; None: f_0 and f_0/4).
+        local_only_levels: with ``attention=None``, the UNet levels whose output is the local branch alone; None =
+            the attention config's default (the finest level); ``()`` for one-level models (built-in model v2).
+    """
+
+    reschedule_noise: bool = True
+    noise_window: int | None = None
+    noise_stride: int | None = None
+    local_only_levels: tuple[int, ...] | None = None
+    method = "freelong"
+    _attention_index = 1
+
+    def attention_config(self, native_frames: int):
+        if self.attention is not None or self.local_only_levels is None:
+            return super().attention_config(native_frames)
+        return _attention_configs()[1](window=native_frames, local_only_levels=tuple(self.local_only_levels))
+
+    def noise_windows(self, native_frames: int) -> tuple[int, int]:
+        w = self.noise_window or native_frames
+        return w, self.noise_stride or max(1, w // 4)
+
+    def validate(self, native_frames: int) -> "FreeLongMethod":
+        self._check_full_sequence(native_frames)
+        w, s = self.noise_windows(native_frames)
+        if not 1 <= s <= w:
+            raise MigaError(f"freelong's noise window {w} and stride {s} must satisfy 1 <= stride <= window")
+        return self
+
+    @classmethod
+    def videocrafter2(cls) -> "FreeLongMethod":
+        """The repository's VideoCrafter2 script: local +-8 frames (w = f_0 = 16), d_t = d_s = 0.25, local-only
+        finest level, FreeNoise init (f_0, f_0/4) = (16, 4), DDIM 50, eta 1, CFG 12."""
+        return cls(steps=50, solver="ddim", eta=1.0, guidance_scale=12.0)
+
+    @classmethod
+    def modelscope(cls) -> "FreeLongMethod":
+        """UNet3D models: VideoCrafter2's constants with the window = f_0 and CFG 9."""
+        return cls(steps=50, solver="ddim", eta=1.0, guidance_scale=9.0)
+
+    @classmethod
+    def shapes(cls) -> "FreeLongMethod":
+        """Built-in model v2: one UNet level, so no local-only level (``local_only_levels=()``); 32 UniPC-2 steps,
+        CFG 3."""
+        return cls(steps=32, solver="unipc", eta=0.0, guidance_scale=3.0, local_only_levels=())
+
+
+@dataclass(frozen=True)
+class FreePCAMethod(_FullSequenceFields):
+    """FreePCA (Tan et al., CVPR 2025; spec §3): windowed temporal attention fused with an entropy-scaled global
+    branch by PCA while the gate is open (:class:`miga.baselines.attention.PCAFuseAttention`), and the initial
+    noise's block means reused (§3.1).
+
+    Attributes:
+        mean_reuse: FreePCA's "reuse mean statistics" initial noise (blocks of W).
+        gate: ``timestep`` (fuse while the model timestep t > tau: DDPM models, the code's rule) or ``step``
+            (fuse during the first 37/50 of the steps: flow models, where t > 250 means something else).
+    """
+
+    mean_reuse: bool = True
+    gate: Literal["timestep", "step"] = "timestep"
+    method = "freepca"
+    _attention_index = 2
+
+    def validate(self, native_frames: int) -> "FreePCAMethod":
+        self._check_full_sequence(native_frames)
+        if self.gate not in ("timestep", "step"):
+            raise MigaError(f"freepca's gate must be 'timestep' or 'step', got {self.gate!r}")
+        return self
+
+    @classmethod
+    def videocrafter2(cls) -> "FreePCAMethod":
+        """The repository's script: W=16, S=4 (f_0 and f_0/4), 3 components, tau=250, gamma=sqrt(log_W N), DDIM 50,
+        eta 1, CFG 12."""
+        return cls(steps=50, solver="ddim", eta=1.0, guidance_scale=12.0)
+
+    @classmethod
+    def modelscope(cls) -> "FreePCAMethod":
+        """UNet3D models: VideoCrafter2's constants with W = f_0, S = W/4 and CFG 9."""
+        return cls(steps=50, solver="ddim", eta=1.0, guidance_scale=9.0)
+
+    @classmethod
+    def shapes(cls) -> "FreePCAMethod":
+        """Built-in model v2 (flow): the gate by step fraction, 32 UniPC-2 steps, CFG 3."""
+        return cls(steps=32, solver="unipc", eta=0.0, guidance_scale=3.0, gate="step")
+
+
+FULL_SEQUENCE_METHODS = {"freenoise": FreeNoiseMethod, "freelong": FreeLongMethod, "freepca": FreePCAMethod}
+"""The full-sequence baselines (``miga generate --method``), by name."""
+
 PRESETS = {
     "videocrafter2": (MIGAConfig.videocrafter2, FIFOConfig.videocrafter2),
     "modelscope": (MIGAConfig.modelscope, FIFOConfig.modelscope),
@@ -276,10 +455,21 @@ PRESETS = {
 }
 
 
-def preset(name: str, method: str = "miga") -> MIGAConfig | FIFOConfig:
-    """The named paper preset for ``method`` (``miga`` or ``fifo``)."""
+BASELINE_PRESETS = ("videocrafter2", "modelscope", "shapes")
+"""Presets the full-sequence baselines have: the models with separate temporal attention."""
+
+METHOD_NAMES = ("miga", "fifo", *FULL_SEQUENCE_METHODS)
+
+
+def preset(name: str, method: str = "miga"):
+    """The named paper preset for ``method`` (``miga``, ``fifo``, ``freenoise``, ``freelong`` or ``freepca``)."""
     if name not in PRESETS:
         raise MigaError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    if method not in ("miga", "fifo"):
-        raise MigaError(f"unknown method {method!r}; choose miga or fifo")
+    if method not in METHOD_NAMES:
+        raise MigaError(f"unknown method {method!r}; choose one of {', '.join(METHOD_NAMES)}")
+    if method in FULL_SEQUENCE_METHODS:
+        if name not in BASELINE_PRESETS:
+            raise MigaError(f"{method} has no {name} preset (it needs separate temporal attention); choose one of "
+                            f"{', '.join(BASELINE_PRESETS)}")
+        return getattr(FULL_SEQUENCE_METHODS[method], name)()
     return PRESETS[name][0 if method == "miga" else 1]()

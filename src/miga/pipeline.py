@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from miga.backbones.base import Backbone
-from miga.config import FIFOConfig, MIGAConfig, preset
+from miga.config import FULL_SEQUENCE_METHODS, FIFOConfig, MIGAConfig, preset
 from miga.engine.fifo import FIFOEngine
+from miga.engine.full_sequence import FullSequenceEngine
 from miga.engine.miga import MIGAEngine
 from miga.engine.queue import QueueEngine
 from miga.engine.prompts import PromptSchedule
@@ -79,14 +80,23 @@ def prompt_schedule(prompts: PromptSchedule | str | Sequence[str], num_frames: i
     return PromptSchedule.even(prompts, num_frames) if len(prompts) > 1 else PromptSchedule.single(prompts[0])
 
 
+def is_full_sequence(config: Any) -> bool:
+    """Whether ``config`` is one of the full-sequence baselines (FreeNoise, FreeLong, FreePCA)."""
+    return isinstance(config, tuple(FULL_SEQUENCE_METHODS.values()))
+
+
 class LongVideo:
-    """One long video: ``num_frames`` output frames from ``backbone`` with MIGA or FIFO.
+    """One long video: ``num_frames`` output frames from ``backbone`` with MIGA, FIFO or a full-sequence baseline.
 
     Args:
         backbone: a :class:`~miga.backbones.base.Backbone`.
         prompts: one prompt, several (an even split along time) or a :class:`PromptSchedule`.
         num_frames: output frames.
-        config: a :class:`MIGAConfig` or :class:`FIFOConfig`; default: the backbone's MIGA preset.
+        config: a :class:`MIGAConfig`, :class:`FIFOConfig`, or :class:`~miga.config.FreeNoiseMethod` /
+            :class:`~miga.config.FreeLongMethod` / :class:`~miga.config.FreePCAMethod` (all N latents denoised
+            together with the method's temporal-attention policy: memory grows with N, nothing is final before the
+            last step; only models with separate temporal attention, one prompt); default: the backbone's MIGA
+            preset.
         seed: every random draw derives from it (keyed randomness).
     """
 
@@ -97,9 +107,20 @@ class LongVideo:
         self.backbone = backbone
         self.num_frames = num_frames
         self.config = config if config is not None else preset(backbone.default_preset, "miga")
+        if is_full_sequence(self.config):
+            from miga.baselines.methods import check_backbone
+
+            check_backbone(backbone, self.config.method)  # before any work: models without temporal attention
         self.config.validate(backbone.native_frames)
         self.prompts = prompt_schedule(prompts, num_frames)
         self.num_latents = latents_for_frames(backbone, num_frames)
+        if is_full_sequence(self.config):
+            from miga.baselines.methods import check_length
+
+            if len(set(self.prompts.prompts)) > 1:
+                raise MigaError(f"--method {self.config.method} takes one prompt (its multi-prompt variants are not "
+                                f"implemented); use miga or fifo for a prompt schedule")
+            check_length(self.config, backbone.native_frames, self.num_latents)
         self.seed = int(seed)
         self.stats = Stats()
         self.latents_done = 0  # latents handed out by latents() so far
@@ -137,6 +158,15 @@ class LongVideo:
         if release is not None:
             release()
 
+    def memory_estimate(self):
+        """Full-sequence methods: the estimated peak memory of this video
+        (:func:`miga.baselines.methods.estimate_peak_bytes`, one probe call of the model on two frames)."""
+        if not is_full_sequence(self.config):
+            raise MigaError("a memory estimate is made for freenoise, freelong and freepca only")
+        from miga.baselines.methods import estimate_peak_bytes
+
+        return estimate_peak_bytes(self.backbone, self.config, self.num_latents, self._conds[0])
+
     def _stepper(self) -> WindowStepper:
         bb, cfg = self.backbone, self.config
         latent_prompts, conds, uncond = self._latent_prompts, self._conds, self._uncond
@@ -147,6 +177,12 @@ class LongVideo:
 
     def _new_engine(self) -> QueueEngine:
         stepper, f0 = self._stepper(), self.backbone.native_frames
+        if is_full_sequence(self.config):
+            from miga.baselines.methods import noise_rule, step_context
+
+            return FullSequenceEngine(stepper, self.num_latents, self.config.method,
+                                      prepare_noise=noise_rule(self.config, f0),
+                                      context=step_context(self.backbone, self.config, f0))
         if isinstance(self.config, FIFOConfig):
             return FIFOEngine(stepper, self.config, f0, self.num_latents)
         return MIGAEngine(stepper, self.config, f0, self.num_latents, self.stats)
