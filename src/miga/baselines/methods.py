@@ -96,8 +96,13 @@ class MemoryEstimate:
         return self.latents + self.activations + self.attention
 
 
-ACTIVATION_FACTOR = 4
-"""Live copies of the largest activation during a forward (input, output, residual, a normalised copy)."""
+ACTIVATION_FACTOR = 6
+"""Live copies of the largest activation during a forward (input, output, residual, normalised and projected
+copies); calibrated on the built-in model v2 on the CPU (measured peak RSS growth of FreeNoise at 64-1024 frames)."""
+
+ATTENTION_COPIES = 3
+"""fp32 copies of the largest temporal attention map alive at once (logits, logits + mask/bias, softmax);
+calibrated likewise on FreeLong and FreePCA."""
 
 
 def _probe(backbone: Any, frames: int, cond: Any) -> tuple[int, int]:
@@ -138,7 +143,7 @@ def estimate_peak_bytes(backbone: Any, config: Any, num_latents: int, cond: Any,
     ``activations = B x N x ACTIVATION_FACTOR x a`` with ``a`` the largest activation per frame of one model call
     (measured by a probe call on ``probe_frames`` frames with forward hooks) and ``B`` = 2 with classifier-free
     guidance (one batched call; a backbone's ``model_batch`` of 1 makes it 1), else 1;
-    ``attention = 2 x B x R x M x 4``: the fp32 logits and their softmax of the largest temporal attention, ``R`` its
+    ``attention = ATTENTION_COPIES x B x R x M x 4``: fp32 copies of the largest temporal attention map, ``R`` its
     rows x heads per batch element (from the probe), ``M`` = N² for the global branches of FreeLong and FreePCA,
     N x W for FreeNoise's windows. ``cond``: an encoded prompt for the probe call (the text encoder may be gone).
     """
@@ -151,7 +156,7 @@ def estimate_peak_bytes(backbone: Any, config: Any, num_latents: int, cond: Any,
     window = config.attention_config(backbone.native_frames).window
     pairs = n * min(n, window) if config.method == "freenoise" else n * n
     return MemoryEstimate(latents=4 * n * latent * 4, activations=batch * n * ACTIVATION_FACTOR * per_frame,
-                          attention=2 * batch * rows_heads * pairs * 4)
+                          attention=ATTENTION_COPIES * batch * rows_heads * pairs * 4)
 
 
 def available_bytes(device: Any) -> int:
