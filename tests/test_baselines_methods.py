@@ -255,6 +255,13 @@ def test_bad_lengths_prompts_and_flags_are_refused_in_one_line(v2_path, tmp_path
         preset("wan2.1", "freenoise")
 
 
+def test_start_run_is_refused_from_python(v2, tmp_path):
+    video = LongVideo(v2, "a red circle bouncing", 20, small(FreeNoiseMethod))
+    with pytest.raises(MigaError, match="nothing to checkpoint frame by frame"):
+        video.start_run(str(tmp_path / "run"), str(tmp_path / "x.mp4"))
+    assert not (tmp_path / "run").exists()
+
+
 # ------------------------------------------------------------------------------------------ memory
 def test_memory_refusal_and_force(v2_path, tmp_path, capsys, monkeypatch):
     from miga.baselines import methods

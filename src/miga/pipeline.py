@@ -224,6 +224,9 @@ class LongVideo:
         :class:`miga.runs.VideoRun`); call ``.generate()`` on it."""
         from miga.runs import VideoRun
 
+        if is_full_sequence(self.config):
+            raise MigaError(f"a checkpointed run does not apply to {self.config.method}: a full-sequence method "
+                            f"finishes no frame before its last step, so there is nothing to checkpoint frame by frame")
         return VideoRun.create(self, run_dir, out, checkpoint_every=checkpoint_every, save_latents=save_latents,
                                **kwargs)
 
