@@ -2,7 +2,6 @@
 beam search of :class:`miga.engine.scaling_noise.ScalingNoiseEngine` on the exact Gaussian world (32x32 pixels,
 4x4 latents, f = 16, FIFO with n = 2: T = 32, 2n = 4 lookahead windows a pass)."""
 
-import copy
 import math
 import random
 
@@ -13,6 +12,7 @@ import torch
 from miga import FIFOConfig, LongVideo, load_backbone
 from miga.baselines.scaling_noise import (ACTIONS, ScalingNoiseConfig, fft_2d_expected_std, make_candidate,
                                           reward_last_frame, reward_vbench, select)
+from miga.checkpoint import load_state, save_state
 from miga.engine.fifo import FIFOEngine
 from miga.engine.rng import KeyedNoise
 from miga.engine.scaling_noise import ScalingNoiseEngine
@@ -275,17 +275,51 @@ def test_exploration_takes_each_beams_own_best_tail(world):
     assert all(torch.equal(a, b.latent) for a, b in zip(tail, s["candidates"][0][0]))
 
 
+class Recording(ScalingNoiseConfig):
+    """The faithful scorer, recording the anchor of every call."""
+
+    def score(self, anchor, embeddings, frames):
+        self.__dict__.setdefault("_anchors", []).append(anchor.clone())
+        return super().score(anchor, embeddings, frames)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_anchor_is_shared_across_beams_or_per_beam(world, shared):
+    """Faithful (shared): beam j is scored against the frame beam j - 1 just emitted (beam 0: the last beam's of
+    the previous pass). Per beam: against its parent's last emitted frame."""
+    m, k = 2, 2
+    search = Recording(candidates=k, beams=m, shared_anchor=shared, eps=0.0)
+    eng, _ = engine(world, 8, search)
+    decode, embed = callables(world)
+    emb = lambda slot: torch.as_tensor(embed(decode(slot.latent[None]))[0], dtype=torch.float64)
+    eng.start()
+    eng.started = True
+    eng.step()
+    for _ in range(2):
+        prev = eng.last_search
+        search.__dict__["_anchors"] = []
+        eng.step()
+        anchors = search.__dict__["_anchors"][::k]  # one per beam
+        heads = eng.last_search["heads"]
+        chained = [emb(prev["heads"][-1])] + [emb(heads[j - 1]) for j in range(1, m)]
+        own = [emb(prev["heads"][p]) for p in prev["parents"]]
+        want, other = (chained, own) if shared else (own, chained)
+        assert all(torch.equal(a, b) for a, b in zip(anchors, want))
+        assert not all(torch.equal(a, b) for a, b in zip(anchors, other))
+
+
 # ---------------------------------------------------------------- output and resume
 @pytest.mark.parametrize("search", [ScalingNoiseConfig(candidates=2, beams=2, eps=0.5),
                                     ScalingNoiseConfig(candidates=2, beams=2, reward="vbench", shared_anchor=False,
                                                        first_pass_no_cfg=False)], ids=["faithful", "fixed"])
-def test_state_dict_round_trip_continues_identically(world, search):
+def test_state_dict_round_trip_continues_identically(world, search, tmp_path):
     n = 10
     full = [s.latent for s in engine(world, n, search, seed=4)[0]]
     assert len(full) == n
     a, _ = engine(world, n, search, seed=4)
     head = [a.next_latent().latent for _ in range(4)]
-    state = copy.deepcopy(a.state_dict())
+    save_state(str(tmp_path / "state"), a.state_dict())  # through the checkpoint format
+    state = load_state(str(tmp_path / "state"))
     b, _ = engine(world, n, search, seed=4)
     b.load_state_dict(state)
     rest = [s.latent for s in b]
