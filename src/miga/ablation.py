@@ -99,6 +99,22 @@ values); each value is the full MIGA preset with that change. The defaults all v
 built-in models)."""
 DEFAULT_SWEEPS = ("threshold", "guides")
 
+COMPARE_METHODS = ("fifo", "freenoise", "freelong", "freepca", "miga")
+"""``miga compare``'s methods (the paper's Table 1 rows that run on the same engine), in its order."""
+METHOD_LABELS = {"fifo": "FIFO-Diffusion", "freenoise": "FreeNoise", "freelong": "FreeLong", "freepca": "FreePCA",
+                 "miga": "MIGA"}
+
+
+def compare_rows(methods: Sequence[str]) -> list[Row]:
+    """One row per method: the model's own preset of that method."""
+    unknown = [m for m in methods if m not in COMPARE_METHODS]
+    if unknown:
+        raise MigaError(f"unknown method {unknown[0]!r}; choose from {', '.join(COMPARE_METHODS)}")
+    if not methods:
+        raise MigaError("nothing to run: give --methods")
+    return [Row(m, METHOD_LABELS[m], "table1", lambda p, m=m: preset(p, m)) for m in methods]
+
+
 DEFAULT_PROMPTS = {
     "shapes": (
         "a red circle bouncing on a blue background",
@@ -159,6 +175,9 @@ def describe(config: Config, native_frames: int) -> str:
     if isinstance(config, FIFOConfig):
         return (f"T={config.steps(native_frames)} (n={config.partitions})"
                 + (", lookahead" if config.lookahead else ""))
+    if not isinstance(config, MIGAConfig):  # a full-sequence baseline: all frames at every step
+        att = config.attention_config(native_frames)
+        return f"T={config.steps}, all frames, W={att.window}" + (f" S={att.stride}" if hasattr(att, "stride") else "")
     parts = [f"T={config.steps}", f"L_zig={config.zigzag_width}", f"K2={config.stage2_steps}",
              f"m={config.guides}", _reflection_text(config)]
     return " ".join(parts)
@@ -550,7 +569,7 @@ def markdown(result: dict) -> str:
     if distances:
         heads += [f"{IDENTITY_HEADS[identity['kind']]} {d}" for d in distances]
     heads += ["NFE/frame", "s/frame", "refl. trig./adopt."]
-    titles = {"table5": "Table 5 rows", **{name: f"Sweep: {symbol}" + ("" if isinstance(fld, dict) else f" ({fld})")
+    titles = {"table1": "Methods (the paper's Table 1)", "table5": "Table 5 rows", **{name: f"Sweep: {symbol}" + ("" if isinstance(fld, dict) else f" ({fld})")
                                            + " on full MIGA" for name, (fld, symbol, _) in SWEEPS.items()}}
     lines = [f"Command: `{result['command']}`", "",
              f"Model `{result['model']}` ({result['frame_size']}, {result['fps']:g} fps, f_0 = "
@@ -615,12 +634,22 @@ def _identity_note(identity: dict) -> str:
 # the command
 
 
-def add_arguments(parser) -> None:
-    """``miga ablate``'s options (``parser``: the subcommand's argparse parser)."""
+def add_arguments(parser, command: str = "ablate") -> None:
+    """``miga ablate``'s (or, with ``command="compare"``, ``miga compare``'s) options (``parser``: the
+    subcommand's argparse parser)."""
     from miga.cli import _number
 
     parser.add_argument("--model", default="shapes", help="shapes (the built-in model, default), a .safetensors "
                         "file from 'miga train-toy', gaussian or gaussian-clip")
+    if command == "compare":
+        parser.add_argument("--methods", metavar="LIST", help=f"comma-separated: {', '.join(COMPARE_METHODS)} "
+                            "(default: every one the model supports)")
+    else:
+        _add_ablation_arguments(parser)
+    _add_common_arguments(parser, _number)
+
+
+def _add_ablation_arguments(parser) -> None:
     parser.add_argument("--rows", metavar="LIST", help=f"comma-separated Table-5 rows: {', '.join(ROWS)} "
                         "(default: all) or none")
     parser.add_argument("--sweeps", metavar="LIST", help=f"comma-separated sweeps of full MIGA: "
@@ -632,6 +661,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--reflection-modes", metavar="LIST", help="reflection sweep values (default "
                         f"{','.join(REFLECTION_MODES)}: no reflection, every pass, while the queue fills, the "
                         "calibrated threshold on every pass or while filling)")
+
+
+def _add_common_arguments(parser, _number) -> None:
     parser.add_argument("--prompt", dest="prompt_list", action="append", default=[], metavar="TEXT",
                         help="a prompt (one video per prompt and seed); repeat for several")
     parser.add_argument("--prompts", metavar="FILE", help="a file of prompts, one per line (blank lines and "
@@ -691,18 +723,12 @@ def _machine(threads: int) -> str:
 
 
 def ablate(args) -> int:
-    """``miga ablate``: plan, check everything, run (resuming), write results.md / results.json."""
-    import torch
+    """``miga ablate``: the Table-5 rows and sweeps through :func:`run_table`."""
+    return run_table(args, _ablation_rows(args))
 
-    from miga.evaluation.features import ProxyFeatures, load_clip, load_dino
-    from miga.evaluation.interpolation import FlowMidpoint, amt_interpolator
-    from miga.pipeline import load_backbone
-    from miga.video import atomic_write_text, check_new_folder
 
-    check_new_folder(args.out, "--out")  # missing parents are created with it
-    seeds = _list(args.seeds, "--seeds", int)
-    if not seeds:
-        raise MigaError("--seeds: give at least one seed")
+def _ablation_rows(args) -> list[Row]:
+    """The rows ``miga ablate``'s --rows, --sweeps and sweep values ask for."""
     values = {"threshold": _list(args.thresholds, "--thresholds", float),
               "guides": _list(args.guide_counts, "--guide-counts", int),
               "reflection": _list(getattr(args, "reflection_modes", None), "--reflection-modes")}
@@ -714,7 +740,50 @@ def ablate(args) -> int:
     for name, flag in flags:
         if values[name] is not None and name not in (DEFAULT_SWEEPS if sweeps is None else sweeps):
             raise MigaError(f"{flag} is given but the {name} sweep is not run; add it to --sweeps")
-    rows = select_rows(_list(args.rows, "--rows"), sweeps, values)
+    return select_rows(_list(args.rows, "--rows"), sweeps, values)
+
+
+def compare(args) -> int:
+    """``miga compare``: the methods of the paper's Table 1 through :func:`run_table` (the same runner, resume and
+    table as ``miga ablate``). By default every method the model supports; one it does not is refused."""
+    from miga.pipeline import load_backbone
+
+    methods = _list(args.methods, "--methods")
+    rows = compare_rows(COMPARE_METHODS if methods is None else methods)
+    backbone = load_backbone(args.model, height=args.height, width=args.width)
+    from miga.baselines.methods import check_backbone
+
+    supported = []
+    for row in rows:
+        if row.key in ("fifo", "miga"):
+            supported.append(row)
+            continue
+        try:
+            check_backbone(backbone, row.key)
+            preset(backbone.default_preset, row.key)
+        except MigaError as exc:
+            if methods is not None:
+                raise
+            print(f"miga: skipping {row.key}: {exc}", file=sys.stderr)
+            continue
+        supported.append(row)
+    return run_table(args, supported, backbone=backbone)
+
+
+def run_table(args, rows: Sequence[Row], backbone=None) -> int:
+    """Plan, check everything, run (resuming), write results.md / results.json: the runner of ``miga ablate``
+    and ``miga compare``."""
+    import torch
+
+    from miga.evaluation.features import ProxyFeatures, load_clip, load_dino
+    from miga.evaluation.interpolation import FlowMidpoint, amt_interpolator
+    from miga.pipeline import load_backbone
+    from miga.video import atomic_write_text, check_new_folder
+
+    check_new_folder(args.out, "--out")  # missing parents are created with it
+    seeds = _list(args.seeds, "--seeds", int)
+    if not seeds:
+        raise MigaError("--seeds: give at least one seed")
     if args.prompts and args.prompt_list:
         raise MigaError("give prompts either with --prompt or with --prompts FILE, not both")
     prompts = read_prompt_list(args.prompts) if args.prompts else list(args.prompt_list)
@@ -725,7 +794,8 @@ def ablate(args) -> int:
 
         torch.set_num_threads(args.threads)
         import_cv2().setNumThreads(args.threads)  # the motion-smoothness flow
-    backbone = load_backbone(args.model, height=args.height, width=args.width)
+    if backbone is None:
+        backbone = load_backbone(args.model, height=args.height, width=args.width)
     world = backbone.name == "shapes"
     identity = "shapes" if world else "gaussian" if backbone.name == "gaussian" else None
     if not prompts:

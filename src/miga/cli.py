@@ -199,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
         "full MIGA's reflection threshold and guide count over prompts and seeds; every video is written to "
         "an MP4 and measured from the file (VBench-Long quality metrics, shapes-world metrics for the shapes "
         "model, NFE and seconds per frame). Prints a markdown table and saves it with results.json in DIR.")))
+    ablate_arguments(sub.add_parser("compare", help="run the paper's Table 1: methods side by side, measured",
+                                    description=(
+        "Run FIFO-Diffusion, FreeNoise, FreeLong, FreePCA and MIGA (each with the model's own preset) over prompts "
+        "and seeds on one model with the same frame count, measured as 'miga ablate' measures (the same runner: "
+        "resumable, one table). Methods the model cannot run are skipped with a note unless named in "
+        "--methods.")), command="compare")
     return parser
 
 
@@ -1232,6 +1238,10 @@ def main(argv: list[str] | None = None) -> int:
             from miga.ablation import ablate
 
             return ablate(args)
+        if args.command == "compare":
+            from miga.ablation import compare
+
+            return compare(args)
     except MigaError as exc:
         print(f"miga: error: {exc}", file=sys.stderr)
         return 2
