@@ -3,15 +3,17 @@
 Public API: :func:`load_backbone` (a name or a path) and :func:`from_pipe` (a diffusers pipeline already in
 memory), :class:`LongVideo` (streams latents and frames), :class:`LongVideoPipeline` (a diffusers-style
 call), the configs :class:`MIGAConfig` / :class:`FIFOConfig` with their paper presets, the full-sequence
-baselines' configs :class:`FreeNoiseMethod` / :class:`FreeLongMethod` / :class:`FreePCAMethod`, and
+baselines' configs :class:`FreeNoiseMethod` / :class:`FreeLongMethod` / :class:`FreePCAMethod`, ScalingNoise's
+:class:`ScalingNoiseMethod` (FIFO plus a beam search over the tail noise), and
 :class:`PromptSchedule`.
 """
 
-from miga.config import FIFOConfig, FreeLongMethod, FreeNoiseMethod, FreePCAMethod, MIGAConfig, preset
+from miga.config import (FIFOConfig, FreeLongMethod, FreeNoiseMethod, FreePCAMethod, MIGAConfig, ScalingNoiseMethod,
+                         preset)
 from miga.engine.prompts import PromptSchedule
 from miga.errors import MigaError
 from miga.pipeline import LongVideo, from_pipe, load_backbone
 from miga.diffusers_pipeline import LongVideoPipeline, LongVideoPipelineOutput
 
 __all__ = ["FIFOConfig", "FreeLongMethod", "FreeNoiseMethod", "FreePCAMethod", "LongVideo", "LongVideoPipeline", "LongVideoPipelineOutput", "MIGAConfig", "MigaError",
-           "PromptSchedule", "from_pipe", "load_backbone", "preset"]
+           "PromptSchedule", "ScalingNoiseMethod", "from_pipe", "load_backbone", "preset"]

@@ -99,9 +99,9 @@ values); each value is the full MIGA preset with that change. The defaults all v
 built-in models)."""
 DEFAULT_SWEEPS = ("threshold", "guides")
 
-COMPARE_METHODS = ("fifo", "freenoise", "freelong", "freepca", "miga")
+COMPARE_METHODS = ("fifo", "scalingnoise", "freenoise", "freelong", "freepca", "miga")
 """``miga compare``'s methods (the paper's Table 1 rows that run on the same engine), in its order."""
-METHOD_LABELS = {"fifo": "FIFO-Diffusion", "freenoise": "FreeNoise", "freelong": "FreeLong", "freepca": "FreePCA",
+METHOD_LABELS = {"fifo": "FIFO-Diffusion", "scalingnoise": "ScalingNoise", "freenoise": "FreeNoise", "freelong": "FreeLong", "freepca": "FreePCA",
                  "miga": "MIGA"}
 
 

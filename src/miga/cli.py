@@ -12,7 +12,7 @@ from dataclasses import asdict
 
 from miga.errors import MigaError
 
-METHODS = ("miga", "fifo", "freenoise", "freelong", "freepca")
+METHODS = ("miga", "fifo", "scalingnoise", "freenoise", "freelong", "freepca")
 FULL_SEQUENCE = ("freenoise", "freelong", "freepca")  # all N latents at once (miga.engine.full_sequence)
 WORLDS = ("shapes", "gaussian")
 MIGA_ONLY = {  # flag -> config field; refused with any other --method
@@ -82,9 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ddim-rescale", action="store_true", help="VideoCrafter2: apply its training-time latent "
                    "scaling (use_scale) in every DDIM step, as its own sampler does; off by default, as in "
                    "FIFO-Diffusion's and MIGA's code and the paper's numbers")
-    g.add_argument("--method", choices=METHODS, default="miga", help="miga (default), fifo, or a full-sequence "
-                   "baseline: freenoise, freelong, freepca (all frames denoised together, memory grows with --frames; "
-                   "models with temporal attention only: VideoCrafter2, UNet3D, built-in model v2)")
+    g.add_argument("--method", choices=METHODS, default="miga", help="miga (default), fifo, scalingnoise (FIFO "
+                   "with a beam search over each new tail noise, k=5 candidates, m=3 beams: about 4-5x FIFO's model "
+                   "calls; every model), or a full-sequence baseline: freenoise, freelong, freepca (all frames "
+                   "denoised together, memory grows with --frames; models with temporal attention only: "
+                   "VideoCrafter2, UNet3D, built-in model v2)")
+    g.add_argument("--dino", metavar="PATH", help="scalingnoise: DINO ViT-B/16 for its reward, a transformers folder "
+                   "(config.json and model.safetensors, e.g. facebook/dino-vitb16); default: the offline proxy "
+                   "extractor (miga eval's), labelled as a proxy in --stats")
     g.add_argument("--force", action="store_true", help="freenoise/freelong/freepca: run even when the estimated "
                    "peak memory exceeds the device's free memory")
     g.add_argument("--preset", help="preset: videocrafter2, modelscope, wan2.1, skyreels-v2-df, gaussian, shapes "
@@ -227,7 +232,12 @@ def _config(args, backbone):
         if args.run_dir is not None:
             raise MigaError(f"--run-dir does not apply to --method {args.method}: a full-sequence method finishes no "
                             f"frame before its last step, so there is nothing to checkpoint frame by frame")
+    if getattr(args, "dino", None) is not None and args.method != "scalingnoise":
+        raise MigaError("--dino only applies to --method scalingnoise (the embedder of its reward); miga eval takes "
+                        "its own --dino")
     cfg = preset(args.preset or backbone.default_preset, args.method)
+    if args.method == "scalingnoise" and getattr(args, "dino", None) is not None:
+        cfg = cfg.with_(dino=os.path.abspath(args.dino))
     common = dict(guidance_scale=args.guidance_scale, window_batch=args.window_batch)
     if args.method in FULL_SEQUENCE:
         given = [flag for field, flag in MIGA_ONLY.items() if getattr(args, field) is not None]
@@ -417,6 +427,8 @@ def _generate(args, t0: float) -> int:
             "reflection_adoptions": s.reflection_adoptions, "method": args.method, "model": args.model,
             "seed": args.seed, "config": asdict(config),
         }
+        if video.method_counts is not None:
+            stats["search"] = video.method_counts
         if memory is not None:
             stats["memory_estimate_bytes"] = memory
         atomic_write_text(args.stats, json.dumps(stats, indent=2) + "\n")
@@ -447,7 +459,7 @@ def _given_options(argv: list[str]) -> dict:
 def _recorded_options(args) -> dict:
     """The generation options of a run as ``run.json`` keeps them (paths made absolute)."""
     options = {k: v for k, v in vars(args).items() if k not in RUN_SESSION_OPTIONS}
-    for key in ("out", "prompts"):
+    for key in ("out", "prompts", "dino"):
         if options.get(key):
             options[key] = os.path.abspath(options[key])
     if options.get("save_latents"):
@@ -601,6 +613,8 @@ def _generate_run(args, video, latents_path: str | None) -> int:
             "reflection_adoptions": s.reflection_adoptions, "method": args.method, "model": args.model,
             "seed": args.seed, "config": asdict(video.config), "run_dir": args.run_dir, "resumed": resumed,
         }
+        if video.method_counts is not None:
+            stats["search"] = video.method_counts
         atomic_write_text(args.stats, json.dumps(stats, indent=2) + "\n")
     saved = f"; latents in {run.latents_path}" if latents_path else ""
     if not bars:

@@ -15,7 +15,8 @@ MIGA                a preset as it is
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import os
+from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
 from miga.errors import MigaError
@@ -442,6 +443,97 @@ class FreePCAMethod(_FullSequenceFields):
         return cls(steps=32, solver="unipc", eta=0.0, guidance_scale=3.0, gate="step")
 
 
+def _scaling_noise_search():
+    """ScalingNoise's search constants (:class:`miga.baselines.scaling_noise.ScalingNoiseConfig`, their one home:
+    k=5, m=3, eps=0.2 and the faithful switches): imported lazily, as part A's attention configs."""
+    from miga.baselines.scaling_noise import ScalingNoiseConfig
+
+    return ScalingNoiseConfig()
+
+
+@dataclass(frozen=True)
+class ScalingNoiseMethod(FIFOConfig):
+    """ScalingNoise (Yang et al. 2025; ``shared/spec/baselines.md`` §5): FIFO-Diffusion (every field of
+    :class:`FIFOConfig`: partitions n, lookahead, solver, guidance ...) plus a beam search over the noise of each
+    fresh tail latent (:class:`miga.engine.scaling_noise.ScalingNoiseEngine`). It runs on every backbone: it needs
+    only FIFO's queue, the backbone's decoder and an image embedder for the reward.
+
+    Attributes:
+        search: the search's constants and rules, a :class:`miga.baselines.scaling_noise.ScalingNoiseConfig`
+            (k candidates, m beams, eps, actions, the faithful switches); default: its defaults (k=5, m=3).
+        dino: a local DINO ViT-B/16 ``transformers`` folder for the reward (``miga generate --dino``); None: the
+            offline proxy extractor (:class:`miga.evaluation.features.ProxyFeatures` ``("dino")``), labelled as a
+            proxy in the run's statistics. It is part of the config because the reward changes the video.
+        candidate_noise: ``keyed`` (each candidate's own keyed draws, the method) or ``fifo`` (every candidate's
+            draws are FIFO's own fresh-noise stream: with k = m = 1, ``actions=("random_resample",)`` and
+            ``first_pass_no_cfg=False`` the video is FIFO's exactly, spec §5.7 test 1).
+    """
+
+    search: object = field(default_factory=_scaling_noise_search)
+    dino: str | None = None
+    candidate_noise: Literal["keyed", "fifo"] = "keyed"
+    method = "scalingnoise"
+
+    def validate(self, native_frames: int) -> "ScalingNoiseMethod":
+        super().validate(native_frames)
+        from miga.baselines.scaling_noise import ScalingNoiseConfig
+
+        if not isinstance(self.search, ScalingNoiseConfig):
+            raise MigaError(f"scalingnoise needs a ScalingNoiseConfig as its search, got {type(self.search).__name__}")
+        if self.candidate_noise not in ("keyed", "fifo"):
+            raise MigaError(f"candidate noise must be 'keyed' or 'fifo', got {self.candidate_noise!r}")
+        if self.dino is not None and not os.path.exists(self.dino):
+            raise MigaError(f"--dino {self.dino}: no such folder (a DINO ViT-B/16 transformers folder)")
+        return self
+
+    @classmethod
+    def of(cls, fifo: FIFOConfig, **search) -> "ScalingNoiseMethod":
+        """ScalingNoise on the FIFO config ``fifo``; ``search`` changes fields of the default
+        ``ScalingNoiseConfig`` (e.g. ``candidates=1, beams=1``)."""
+        base = {f.name: getattr(fifo, f.name) for f in fields(FIFOConfig)}
+        cfg = _scaling_noise_search()
+        return cls(**base, search=replace(cfg, **search) if search else cfg)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ScalingNoiseMethod":
+        """The config ``dataclasses.asdict`` (or its JSON) gave ``data`` (a run's ``run.json``)."""
+        from miga.baselines.scaling_noise import ScalingNoiseConfig
+
+        data = dict(data)
+        search = dict(data.pop("search"))
+        if "actions" in search:
+            search["actions"] = tuple(search["actions"])
+        return cls(**data, search=ScalingNoiseConfig(**search))
+
+    # ---- presets: the model's FIFO preset with the search's defaults k=5, m=3 (VC2: n=4, the spec's setting)
+    @classmethod
+    def videocrafter2(cls) -> "ScalingNoiseMethod":
+        """The repository's setting (§5.5): FIFO on VideoCrafter2 (n = 4, T = 64, DDIM eta 1, CFG 12), k=5, m=3."""
+        return cls.of(FIFOConfig.videocrafter2())
+
+    @classmethod
+    def modelscope(cls) -> "ScalingNoiseMethod":
+        return cls.of(FIFOConfig.modelscope())
+
+    @classmethod
+    def wan21(cls) -> "ScalingNoiseMethod":
+        """FIFO's Wan2.1 preset with k=5, m=3 (not the authors' model: every candidate's x0 is decoded through the
+        causal VAE on its own)."""
+        return cls.of(FIFOConfig.wan21())
+
+    @classmethod
+    def skyreels_v2_df(cls) -> "ScalingNoiseMethod":
+        return cls.of(FIFOConfig.skyreels_v2_df())
+
+    @classmethod
+    def gaussian(cls) -> "ScalingNoiseMethod":
+        return cls.of(FIFOConfig.gaussian())
+
+    @classmethod
+    def shapes(cls) -> "ScalingNoiseMethod":
+        return cls.of(FIFOConfig.shapes())
+
+
 FULL_SEQUENCE_METHODS = {"freenoise": FreeNoiseMethod, "freelong": FreeLongMethod, "freepca": FreePCAMethod}
 """The full-sequence baselines (``miga generate --method``), by name."""
 
@@ -458,11 +550,28 @@ PRESETS = {
 BASELINE_PRESETS = ("videocrafter2", "modelscope", "shapes")
 """Presets the full-sequence baselines have: the models with separate temporal attention."""
 
-METHOD_NAMES = ("miga", "fifo", *FULL_SEQUENCE_METHODS)
+METHOD_NAMES = ("miga", "fifo", "scalingnoise", *FULL_SEQUENCE_METHODS)
+
+
+def method_name(config) -> str:
+    """The ``--method`` name of a config: ``miga``, ``fifo``, ``scalingnoise``, ``freenoise`` ..."""
+    if isinstance(config, MIGAConfig):
+        return "miga"
+    return getattr(config, "method", None) or "fifo"
+
+
+def config_from_dict(method: str, data: dict):
+    """The config of ``method`` from its ``dataclasses.asdict`` (as a run's ``run.json`` keeps it)."""
+    if method == "scalingnoise":
+        return ScalingNoiseMethod.from_dict(data)
+    if method in FULL_SEQUENCE_METHODS:
+        raise MigaError(f"{method} runs are not checkpointed")
+    return (FIFOConfig if method == "fifo" else MIGAConfig)(**data)
 
 
 def preset(name: str, method: str = "miga"):
-    """The named paper preset for ``method`` (``miga``, ``fifo``, ``freenoise``, ``freelong`` or ``freepca``)."""
+    """The named paper preset for ``method`` (``miga``, ``fifo``, ``scalingnoise``, ``freenoise``, ``freelong`` or
+    ``freepca``)."""
     if name not in PRESETS:
         raise MigaError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     if method not in METHOD_NAMES:
@@ -472,4 +581,6 @@ def preset(name: str, method: str = "miga"):
             raise MigaError(f"{method} has no {name} preset (it needs separate temporal attention); choose one of "
                             f"{', '.join(BASELINE_PRESETS)}")
         return getattr(FULL_SEQUENCE_METHODS[method], name)()
+    if method == "scalingnoise":
+        return ScalingNoiseMethod.of(PRESETS[name][1]())
     return PRESETS[name][0 if method == "miga" else 1]()

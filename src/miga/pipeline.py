@@ -18,11 +18,12 @@ import numpy as np
 import torch
 
 from miga.backbones.base import Backbone
-from miga.config import FULL_SEQUENCE_METHODS, FIFOConfig, MIGAConfig, preset
+from miga.config import FULL_SEQUENCE_METHODS, FIFOConfig, MIGAConfig, ScalingNoiseMethod, preset
 from miga.engine.fifo import FIFOEngine
 from miga.engine.full_sequence import FullSequenceEngine
 from miga.engine.miga import MIGAEngine
 from miga.engine.queue import QueueEngine
+from miga.engine.scaling_noise import ScalingNoiseEngine
 from miga.engine.prompts import PromptSchedule
 from miga.engine.rng import KeyedNoise
 from miga.engine.schedules import Schedule
@@ -85,6 +86,64 @@ def is_full_sequence(config: Any) -> bool:
     return isinstance(config, tuple(FULL_SEQUENCE_METHODS.values()))
 
 
+def is_scaling_noise(config: Any) -> bool:
+    """Whether ``config`` is ScalingNoise (FIFO with a beam search over the tail noise)."""
+    return isinstance(config, ScalingNoiseMethod)
+
+
+def _keep_vae_cache(backbone: Backbone):
+    """Save and restore the streaming VAE cache of a backbone whose decoder keeps one (Wan's causal VAE holds it
+    on the VAE itself: a second decoder would clear the first's); a no-op for other backbones."""
+    vae = getattr(backbone, "vae", None)
+    saved = {k: v for k, v in vars(vae).items() if k.startswith(("_feat_map", "_conv_idx", "_conv_num", "_enc_"))} \
+        if vae is not None else {}
+
+    class _Keep:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            for k, v in saved.items():
+                setattr(vae, k, v)
+            return False
+
+    return _Keep()
+
+
+def x0_decoder(backbone: Backbone) -> Callable[[torch.Tensor], np.ndarray]:
+    """ScalingNoise's ``decode``: latents ``[N, C, H, W]`` (one-step x0 predictions, or the head latent) to
+    one RGB frame each, uint8 ``[N, H, W, 3]``, each latent decoded on its own (a stateless per-latent decode:
+    the reward must not depend on what was decoded before).
+
+    A decoder with ``stateless = True`` (the Gaussian worlds, the shapes model, UNet3D/VideoCrafter2's image
+    VAE) is reused. Otherwise (Wan's causal VAE) every latent gets a fresh decoder and is decoded alone, as the
+    first latent of a video (one frame), the video's own streaming decoder cache saved and restored around it:
+    this costs one full causal-VAE decode per candidate (m·k per output latent, plus the m heads)."""
+    with _keep_vae_cache(backbone):
+        shared = backbone.decoder()
+    if getattr(shared, "stateless", False):
+        def decode(latents: torch.Tensor) -> np.ndarray:
+            return np.stack([shared.push(x)[0] for x in latents])
+        return decode
+
+    def decode_alone(latents: torch.Tensor) -> np.ndarray:
+        frames = []
+        for x in latents:
+            with _keep_vae_cache(backbone):
+                dec = backbone.decoder()
+                frames.append((dec.push(x) + dec.flush())[0])
+        return np.stack(frames)
+    return decode_alone
+
+
+def reward_embedder(config: ScalingNoiseMethod):
+    """ScalingNoise's ``embed``: DINO ViT-B/16 from the local folder ``config.dino``, else the offline proxy
+    (:class:`miga.evaluation.features.ProxyFeatures` ``("dino")``); both have ``name`` and ``proxy``."""
+    from miga.evaluation.features import ProxyFeatures, load_dino
+
+    return load_dino(config.dino) if config.dino else ProxyFeatures("dino")
+
+
 class LongVideo:
     """One long video: ``num_frames`` output frames from ``backbone`` with MIGA, FIFO or a full-sequence baseline.
 
@@ -92,7 +151,9 @@ class LongVideo:
         backbone: a :class:`~miga.backbones.base.Backbone`.
         prompts: one prompt, several (an even split along time) or a :class:`PromptSchedule`.
         num_frames: output frames.
-        config: a :class:`MIGAConfig`, :class:`FIFOConfig`, or :class:`~miga.config.FreeNoiseMethod` /
+        config: a :class:`MIGAConfig`, :class:`FIFOConfig`, :class:`~miga.config.ScalingNoiseMethod` (FIFO with
+            a beam search over each fresh tail noise; its reward decodes x0s with the backbone's decoder and embeds
+            them with DINO or the offline proxy), or :class:`~miga.config.FreeNoiseMethod` /
             :class:`~miga.config.FreeLongMethod` / :class:`~miga.config.FreePCAMethod` (all N latents denoised
             together with the method's temporal-attention policy: memory grows with N, nothing is final before the
             last step; only models with separate temporal attention, one prompt); default: the backbone's MIGA
@@ -121,6 +182,7 @@ class LongVideo:
                 raise MigaError(f"--method {self.config.method} takes one prompt (its multi-prompt variants are not "
                                 f"implemented); use miga or fifo for a prompt schedule")
             check_length(self.config, backbone.native_frames, self.num_latents)
+        self.embedder = reward_embedder(self.config) if is_scaling_noise(self.config) else None
         self.seed = int(seed)
         self.stats = Stats()
         self.latents_done = 0  # latents handed out by latents() so far
@@ -183,6 +245,11 @@ class LongVideo:
             return FullSequenceEngine(stepper, self.num_latents, self.config.method,
                                       prepare_noise=noise_rule(self.config, f0),
                                       context=step_context(self.backbone, self.config, f0))
+        if is_scaling_noise(self.config):
+            fifo_noise = self.config.candidate_noise == "fifo"
+            return ScalingNoiseEngine(stepper, self.config, f0, self.num_latents, self.config.search,
+                                      x0_decoder(self.backbone), self.embedder,
+                                      noise_purpose=(lambda beam, cand, tag: "fifo/fresh") if fifo_noise else None)
         if isinstance(self.config, FIFOConfig):
             return FIFOEngine(stepper, self.config, f0, self.num_latents)
         return MIGAEngine(stepper, self.config, f0, self.num_latents, self.stats)
@@ -201,6 +268,15 @@ class LongVideo:
         for slot in engine:
             self.latents_done += 1
             yield slot.latent
+
+    @property
+    def method_counts(self) -> dict | None:
+        """The method's own cost counters beyond :attr:`stats` (ScalingNoise: frames decoded and embedded for the
+        reward, rewards computed, the NFE of the candidate evaluations, and which embedder), or None."""
+        counts = getattr(self._engine, "counts", None)
+        if counts is None or self.embedder is None:
+            return None
+        return {**counts, "embedder": self.embedder.name, "embedder_proxy": bool(self.embedder.proxy)}
 
     def state_dict(self) -> dict:
         """The whole generator state while :meth:`latents` is paused between two latents: the engine's

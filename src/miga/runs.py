@@ -51,7 +51,7 @@ from typing import Any, Callable
 import torch
 
 from miga.checkpoint import durable_write_bytes, load_state, save_state
-from miga.config import FIFOConfig, MIGAConfig
+from miga.config import MIGAConfig, config_from_dict, method_name
 from miga.engine.prompts import PromptSchedule
 from miga.engine.queue import RunInterrupted
 from miga.errors import MigaError
@@ -92,7 +92,7 @@ def video_identity(video, model: str | None = None) -> dict:
         "model": model if model is not None else bb.name,
         "model_id": model_identity(model) if model is not None else bb.name,
         "latent_shape": list(bb.latent_shape), "native_frames": bb.native_frames, "fps": bb.fps,
-        "frames_per_latent": bb.frames_per_latent, "method": "fifo" if isinstance(cfg, FIFOConfig) else "miga",
+        "frames_per_latent": bb.frames_per_latent, "method": method_name(cfg),
         "config": dataclasses.asdict(cfg), "prompts": [[s, p] for s, p in zip(video.prompts.starts,
                                                                                video.prompts.prompts)],
         "frames": video.num_frames, "seed": video.seed})
@@ -158,7 +158,7 @@ def latent_metadata(video) -> dict:
     bb, cfg = video.backbone, video.config
     miga_cfg = isinstance(cfg, MIGAConfig)
     return {"frames": video.num_frames, "frames_per_latent": bb.frames_per_latent, "fps": bb.fps,
-            "method": "miga" if miga_cfg else "fifo", "chunk": cfg.zigzag_width if miga_cfg else 1,
+            "method": method_name(cfg), "chunk": cfg.zigzag_width if miga_cfg else 1,
             "refs": cfg.reflection_ref_chunks if miga_cfg else 1,
             "score_mode": cfg.score_mode if miga_cfg else "frame"}
 
@@ -269,8 +269,7 @@ class VideoRun:
 
         ident, load = record["video"], record.get("load")
         try:
-            cfg_type = FIFOConfig if ident["method"] == "fifo" else MIGAConfig
-            config = cfg_type(**ident["config"])
+            config = config_from_dict(ident["method"], ident["config"])
             prompts = PromptSchedule(tuple(s for s, _ in ident["prompts"]), tuple(p for _, p in ident["prompts"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise MigaError(f"cannot resume: {os.path.join(run_dir, RUN_FILE)} does not describe a video this "

@@ -32,7 +32,10 @@ NAMES = {"freenoise": "FreeNoise", "freelong": "FreeLong", "freepca": "FreePCA"}
 
 def check_backbone(backbone: Any, method: str) -> None:
     """Raise the hook's one-line :class:`MigaError` when ``backbone`` has no separate temporal attention (model v1,
-    Wan2.1, SkyReels-V2, the Gaussian worlds), naming the models that work; nothing is installed."""
+    Wan2.1, SkyReels-V2, the Gaussian worlds), naming the models that work; nothing is installed. Methods that need no
+    temporal attention (``scalingnoise``: FIFO's queue and a decoder; ``fifo``, ``miga``) pass on every model."""
+    if method in ("scalingnoise", "fifo", "miga"):
+        return
     try:
         temporal_attention_layers(backbone)
     except MigaError as exc:
