@@ -138,3 +138,24 @@ def test_compare_on_the_gaussian_world_has_a_scalingnoise_row(tmp_path, capsys):
     assert list(rows) == ["fifo", "scalingnoise"]
     nfe = {k: r["stats"]["nfe_per_frame"]["mean"] for k, r in rows.items()}
     assert nfe["scalingnoise"] > 4 * nfe["fifo"]
+
+
+# ---------------------------------------------------------------- Wan's causal VAE: decoded alone, cache kept
+def test_wan_x0s_are_decoded_alone_without_disturbing_the_videos_decoder(tmp_path):
+    pytest.importorskip("diffusers")
+    from miga.backbones.wan_random import random_wan_components, save_wan_folder
+
+    wan = load_backbone(save_wan_folder(random_wan_components("tiny", seed=1), str(tmp_path / "wan")), device="cpu",
+                        height=32, width=32)
+    g = torch.Generator().manual_seed(2)
+    video_latents, x0s = torch.randn(4, 16, 4, 4, generator=g), torch.randn(2, 16, 4, 4, generator=g)
+    ref = wan.decoder()
+    want = [f for z in video_latents for f in ref.push(z)] + ref.flush()
+    decode = x0_decoder(wan)
+    alone = np.stack([wan.decoder().push(z)[0] for z in x0s])  # each as the first latent of a video: one frame
+    dec, got = wan.decoder(), []
+    for z in video_latents:
+        got += dec.push(z)
+        assert np.array_equal(decode(x0s), alone)  # between the video's latents, as the search decodes
+    got += dec.flush()
+    assert len(got) == 13 and np.array_equal(np.stack(got), np.stack(want))
