@@ -159,3 +159,22 @@ def test_wan_x0s_are_decoded_alone_without_disturbing_the_videos_decoder(tmp_pat
         assert np.array_equal(decode(x0s), alone)  # between the video's latents, as the search decodes
     got += dec.flush()
     assert len(got) == 13 and np.array_equal(np.stack(got), np.stack(want))
+
+
+def test_generate_with_a_dino_folder_uses_it_for_the_reward(tmp_path, capsys):
+    tf = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    vit = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=224)
+    tf.ViTModel(tf.ViTConfig(patch_size=16, **vit), add_pooling_layer=False).save_pretrained(tmp_path / "dino")
+    base = ("generate", "drifting clouds", *GAUSSIAN, "--method", "scalingnoise", "--frames", "8")
+    code, _, err = run(capsys, *base, "--dino", tmp_path / "dino", "--out", tmp_path / "d.mp4", "--stats",
+                       tmp_path / "d.json", "--save-latents")
+    assert code == 0, err
+    s = json.loads((tmp_path / "d.json").read_text())
+    assert s["search"]["embedder_proxy"] is False and s["search"]["embedder"] == "DINO ViT (dino)"
+    assert s["config"]["dino"] == str(tmp_path / "dino")
+    code, _, err = run(capsys, *base, "--out", tmp_path / "p.mp4", "--save-latents")
+    assert code == 0, err
+    # another reward, another search: the videos differ
+    assert not torch.equal(read_latents(str(tmp_path / "d.latents.safetensors"))[0],
+                           read_latents(str(tmp_path / "p.latents.safetensors"))[0])
