@@ -299,5 +299,5 @@ def test_missing_opencv_is_one_line(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "cv2", None)  # "import cv2" raises ImportError
-    with pytest.raises(MigaError, match=r'pip install "miga-video\[eval\]"'):
+    with pytest.raises(MigaError, match=r'pip install "\.\[eval\]" in the miga checkout'):
         FlowMidpoint()

@@ -219,5 +219,5 @@ def test_missing_diffusers_packages_are_named_with_the_install_command(wan_dir, 
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "accelerate" else real(name, *a))
-    with pytest.raises(MigaError, match=r'need accelerate; install them with pip install "miga-video\[diffusers\]"'):
+    with pytest.raises(MigaError, match=r'need accelerate; install them with pip install "\.\[diffusers\]" in the miga checkout'):
         load_backbone(wan_dir, device="cpu", **SIZE)
