@@ -14,6 +14,7 @@ def test_default_methods_are_those_the_model_supports(tmp_path, capsys):
     assert "**Methods (the paper's Table 1)**" in text
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [r["key"] for r in rows] == ["fifo", "scalingnoise", "miga"]  # ScalingNoise needs only FIFO's queue
+    assert rows[1]["switches"].endswith("k=5 m=3") and "k=" not in rows[0]["switches"]
     assert rows[1]["label"] == "ScalingNoise"
     for method in ("freenoise", "freelong", "freepca"):  # the Gaussian world has no temporal attention
         assert f"skipping {method}: --method {method}:" in err

@@ -173,8 +173,10 @@ def select_rows(rows: Sequence[str] | None = None, sweeps: Sequence[str] | None 
 def describe(config: Config, native_frames: int) -> str:
     """The config's switches in the paper's symbols, e.g. ``T=32 L_zig=4 K2=6 m=4 delta=0.01``."""
     if isinstance(config, FIFOConfig):
+        search = getattr(config, "search", None)  # ScalingNoise: FIFO plus a beam search over the tail noise
         return (f"T={config.steps(native_frames)} (n={config.partitions})"
-                + (", lookahead" if config.lookahead else ""))
+                + (", lookahead" if config.lookahead else "")
+                + (f", k={search.candidates} m={search.beams}" if search is not None else ""))
     if not isinstance(config, MIGAConfig):  # a full-sequence baseline: all frames at every step
         att = config.attention_config(native_frames)
         return f"T={config.steps}, all frames, W={att.window}" + (f" S={att.stride}" if hasattr(att, "stride") else "")
@@ -767,6 +769,9 @@ def compare(args) -> int:
             print(f"miga: skipping {row.key}: {exc}", file=sys.stderr)
             continue
         supported.append(row)
+    if args.dino:  # ScalingNoise's reward uses the same DINO as the S.C. metric
+        supported = [Row(r.key, r.label, r.group, lambda p, make=r.make: make(p).with_(dino=args.dino))
+                     if r.key == "scalingnoise" else r for r in supported]
     return run_table(args, supported, backbone=backbone)
 
 
