@@ -1,7 +1,6 @@
 """Temporal-attention policies of FreeNoise, FreeLong and FreePCA (``shared/spec/baselines.md`` §2.7, §3.6, §4.5)
 on tiny tensors, and :func:`miga.baselines.hooks.attention_policy` on tiny random models of every backbone kind."""
 
-import json
 import math
 from types import SimpleNamespace
 
@@ -16,6 +15,7 @@ from miga.baselines.attention import (AttentionSite, FreeLongConfig, FreeNoiseCo
                                       window_weights)
 from miga.baselines.hooks import attention_policy, temporal_attention_layers
 from miga.errors import MigaError
+from toy_helpers import randomise, tiny_v2_weights
 
 INF = float("inf")
 GLOBAL_ONLY = FreeLongConfig(d_t=INF, d_s=INF, local_only_levels=())  # P ≡ 1
@@ -263,28 +263,14 @@ def test_freepca_fuses_each_batch_element_on_its_own():
 
 
 # ------------------------------------------------------------------------------------------ hooks, built-in model
-def _randomise(module: nn.Module, seed: int, std: float = 0.1) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():  # zero-initialised output layers would hide the attention
-            p.copy_(torch.randn(p.shape, generator=g) * std)
-    return module
 
 
 @pytest.fixture(scope="module")
 def shapes_v2(tmp_path_factory):
     """The built-in model's backbone over tiny random model-v2 weights."""
-    from safetensors.torch import save_file
-
     from miga.backbones.shapes import ShapesModel
-    from miga.toy.nets import FrameAutoencoder, ToyConfig, make_denoiser
 
-    cfg = ToyConfig.tiny_v2()
-    tensors = {f"autoencoder.{k}": v for k, v in FrameAutoencoder(cfg).state_dict().items()}
-    tensors.update({f"denoiser.{k}": v for k, v in _randomise(make_denoiser(cfg), 0).state_dict().items()})
-    path = str(tmp_path_factory.mktemp("toy") / "tiny_v2.safetensors")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, path,
-              metadata={"format": "miga-shapes-v1", "model": json.dumps(cfg.to_dict())})
+    path = tiny_v2_weights(str(tmp_path_factory.mktemp("toy") / "tiny_v2.safetensors"))
     return ShapesModel(path)
 
 
@@ -500,7 +486,7 @@ def unet3d():
     from miga.backbones.unet3d_random import random_unet3d_components
 
     model = UNet3DModel.from_components(random_unet3d_components(seed=1), device="cpu")
-    _randomise(model.unet, 3, std=0.2)
+    randomise(model.unet, 3, std=0.2)
     g = torch.Generator().manual_seed(2)
     x = torch.randn(2, 4, 12, 8, 8, generator=g)
     conds = [model.encode_prompt("a dog"), model.encode_prompt("")]

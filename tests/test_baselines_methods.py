@@ -14,34 +14,19 @@ from miga.baselines.attention import FreeLongConfig
 from miga.config import FreeLongMethod, FreeNoiseMethod, FreePCAMethod, preset
 from miga.errors import MigaError
 from miga.pipeline import LongVideo
+from toy_helpers import tiny_v2_weights
 
 INF = float("inf")
 METHODS = ("freenoise", "freelong", "freepca")
 GLOBAL_ONLY = FreeLongConfig(window=16, d_t=INF, d_s=INF, local_only_levels=())  # P = 1: plain global attention
 
 
-def _randomise(module: nn.Module, seed: int, std: float = 0.1) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():  # zero-initialised output layers would hide the attention
-            p.copy_(torch.randn(p.shape, generator=g) * std)
-    return module
 
 
 @pytest.fixture(scope="module")
 def v2_path(tmp_path_factory):
     """Tiny random model-v2 weights (temporal self-attention), f_0 = 16, 8x8 latents."""
-    from safetensors.torch import save_file
-
-    from miga.toy.nets import FrameAutoencoder, ToyConfig, make_denoiser
-
-    cfg = ToyConfig.tiny_v2()
-    tensors = {f"autoencoder.{k}": v for k, v in FrameAutoencoder(cfg).state_dict().items()}
-    tensors.update({f"denoiser.{k}": v for k, v in _randomise(make_denoiser(cfg), 0).state_dict().items()})
-    path = str(tmp_path_factory.mktemp("toy") / "tiny_v2.safetensors")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, path,
-              metadata={"format": "miga-shapes-v1", "model": json.dumps(cfg.to_dict())})
-    return path
+    return tiny_v2_weights(str(tmp_path_factory.mktemp("toy") / "tiny_v2.safetensors"))
 
 
 @pytest.fixture(scope="module")

@@ -146,18 +146,8 @@ class ScalingNoiseEngine(FIFOEngine):
         self.next_index += 1
 
     def _update(self, job: WindowJob, denoised: torch.Tensor) -> None:
-        """The solver update of ``job``'s targets from its x0 estimates ``[C, F, H, W]`` (as the stepper's)."""
-        st = self.stepper
-        slots = [job.slots[i] for i in job.targets]
-        x = torch.stack([s.latent for s in slots])
-        x0 = denoised[:, list(job.targets)].transpose(0, 1)
-        levels = [s.level for s in slots]
-        noise = None
-        if st.solver.stochastic:
-            noise = st.noise.many([s.index for s in slots], levels, job.purpose + "/eta")
-        new_x, new_states = st.solver.step(x, x0, levels, [s.state for s in slots], noise)
-        for s, lat, stt in zip(slots, new_x, new_states):
-            s.latent, s.state, s.level = lat, stt, s.level - 1
+        """The solver update of ``job``'s targets from its x0 estimates ``[C, F, H, W]`` (the stepper's)."""
+        self.stepper.update(job, denoised)
 
     def _search_beam(self, j: int, beam: Beam) -> tuple[list[float], list[list[Slot]], list[str]]:
         """Steps 1-4 of the module docstring for beam ``j``: its scores, candidate tail outputs and actions."""

@@ -117,16 +117,20 @@ class WindowStepper:
     def _run_group(self, jobs: Sequence[WindowJob]) -> None:
         denoised = self.predict_denoised(jobs)
         for b, job in enumerate(jobs):
-            slots = [job.slots[i] for i in job.targets]
-            x = torch.stack([s.latent for s in slots])
-            x0 = denoised[b][:, list(job.targets)].transpose(0, 1)
-            levels = [s.level for s in slots]
-            noise = None
-            if self.solver.stochastic:
-                noise = self.noise.many([s.index for s in slots], levels, job.purpose + "/eta")
-            new_x, new_states = self.solver.step(x, x0, levels, [s.state for s in slots], noise)
-            for s, lat, st in zip(slots, new_x, new_states):
-                s.latent, s.state, s.level = lat, st, s.level - 1
+            self.update(job, denoised[b])
+
+    def update(self, job: WindowJob, denoised: torch.Tensor) -> None:
+        """One solver step of ``job``'s target slots, in place, from the window's x0 estimate ``[C, F, H, W]``."""
+        slots = [job.slots[i] for i in job.targets]
+        x = torch.stack([s.latent for s in slots])
+        x0 = denoised[:, list(job.targets)].transpose(0, 1)
+        levels = [s.level for s in slots]
+        noise = None
+        if self.solver.stochastic:
+            noise = self.noise.many([s.index for s in slots], levels, job.purpose + "/eta")
+        new_x, new_states = self.solver.step(x, x0, levels, [s.state for s in slots], noise)
+        for s, lat, st in zip(slots, new_x, new_states):
+            s.latent, s.state, s.level = lat, st, s.level - 1
 
 
 def sample_clip(stepper: WindowStepper, frames: int, first_index: int = 0, purpose: str = "clip",
