@@ -2,8 +2,15 @@
 
 import json
 
+import pytest
+
 from cli_helpers import run
-from test_baselines_methods import v2_path  # noqa: F401  (a module fixture: tiny random model-v2 weights)
+from toy_helpers import tiny_v2_weights
+
+
+@pytest.fixture(scope="module")
+def v2_path(tmp_path_factory):
+    return tiny_v2_weights(str(tmp_path_factory.mktemp("toy") / "tiny_v2.safetensors"))
 
 
 def test_default_methods_are_those_the_model_supports(tmp_path, capsys):
@@ -20,7 +27,7 @@ def test_default_methods_are_those_the_model_supports(tmp_path, capsys):
         assert f"skipping {method}: --method {method}:" in err
 
 
-def test_baselines_run_side_by_side_and_resume(tmp_path, capsys, v2_path):  # noqa: F811
+def test_baselines_run_side_by_side_and_resume(tmp_path, capsys, v2_path):
     out = tmp_path / "cmp"
     argv = ("compare", "--model", v2_path, "--methods", "fifo,freenoise,freepca,miga", "--frames", "24", "--seeds",
             "0", "--prompt", "a red circle bouncing on a blue background", "--out", out, "--no-progress")
