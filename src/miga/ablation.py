@@ -252,13 +252,9 @@ def plan(rows: Sequence[Row], preset_name: str, native_frames: int, prompts: Seq
 def _latent_writer(backbone, video, path: str):
     """A ``--save-latents`` file writer for ``video`` (the metadata ``miga generate`` stores)."""
     from miga.evaluation.latents import LatentWriter
+    from miga.runs import latent_metadata
 
-    cfg, miga_cfg = video.config, isinstance(video.config, MIGAConfig)
-    meta = {"frames": video.num_frames, "frames_per_latent": backbone.frames_per_latent, "fps": backbone.fps,
-            "method": "miga" if miga_cfg else "fifo", "chunk": cfg.zigzag_width if miga_cfg else 1,
-            "refs": cfg.reflection_ref_chunks if miga_cfg else 1,
-            "score_mode": cfg.score_mode if miga_cfg else "frame"}
-    return LatentWriter(path, video.num_latents, tuple(backbone.latent_shape), meta)
+    return LatentWriter(path, video.num_latents, tuple(backbone.latent_shape), latent_metadata(video))
 
 
 def _generate(backbone, run: Run, frames: int, path: str, latents_path: str | None = None) -> dict:
@@ -571,8 +567,9 @@ def markdown(result: dict) -> str:
     if distances:
         heads += [f"{IDENTITY_HEADS[identity['kind']]} {d}" for d in distances]
     heads += ["NFE/frame", "s/frame", "refl. trig./adopt."]
-    titles = {"table1": "Methods (the paper's Table 1)", "table5": "Table 5 rows", **{name: f"Sweep: {symbol}" + ("" if isinstance(fld, dict) else f" ({fld})")
-                                           + " on full MIGA" for name, (fld, symbol, _) in SWEEPS.items()}}
+    titles = {"table1": "Methods (the paper's Table 1)", "table5": "Table 5 rows",
+              **{name: f"Sweep: {symbol}" + ("" if isinstance(fld, dict) else f" ({fld})") + " on full MIGA"
+                 for name, (fld, symbol, _) in SWEEPS.items()}}
     lines = [f"Command: `{result['command']}`", "",
              f"Model `{result['model']}` ({result['frame_size']}, {result['fps']:g} fps, f_0 = "
              f"{result['native_frames']}, preset `{result['preset']}`), {result['frames']} frames, "
@@ -748,18 +745,14 @@ def _ablation_rows(args) -> list[Row]:
 def compare(args) -> int:
     """``miga compare``: the methods of the paper's Table 1 through :func:`run_table` (the same runner, resume and
     table as ``miga ablate``). By default every method the model supports; one it does not is refused."""
+    from miga.baselines.methods import check_backbone
     from miga.pipeline import load_backbone
 
     methods = _list(args.methods, "--methods")
     rows = compare_rows(COMPARE_METHODS if methods is None else methods)
     backbone = load_backbone(args.model, height=args.height, width=args.width)
-    from miga.baselines.methods import check_backbone
-
     supported = []
     for row in rows:
-        if row.key in ("fifo", "miga"):
-            supported.append(row)
-            continue
         try:
             check_backbone(backbone, row.key)
             preset(backbone.default_preset, row.key)

@@ -311,16 +311,11 @@ def _latents_path(args) -> str | None:
     return path
 
 
-def _latent_writer(path: str, video, args):
-    from miga.config import MIGAConfig
+def _latent_writer(path: str, video):
     from miga.evaluation.latents import LatentWriter
+    from miga.runs import latent_metadata
 
-    bb, cfg = video.backbone, video.config
-    miga_cfg = isinstance(cfg, MIGAConfig)
-    meta = {"frames": args.frames, "frames_per_latent": bb.frames_per_latent, "fps": bb.fps, "method": args.method,
-            "chunk": cfg.zigzag_width if miga_cfg else 1, "refs": cfg.reflection_ref_chunks if miga_cfg else 1,
-            "score_mode": cfg.score_mode if miga_cfg else "frame"}
-    return LatentWriter(path, video.num_latents, tuple(bb.latent_shape), meta)
+    return LatentWriter(path, video.num_latents, tuple(video.backbone.latent_shape), latent_metadata(video))
 
 
 def _diffusers_options(args) -> dict:
@@ -390,7 +385,7 @@ def _generate(args, t0: float) -> int:
     if args.run_dir is not None:
         return _generate_run(args, video, latents_path)
     sheet = ContactSheet(args.frames) if args.preview else None
-    latents = _latent_writer(latents_path, video, args) if latents_path else None
+    latents = _latent_writer(latents_path, video) if latents_path else None
     bar = _progress(args, args.frames, backbone.name)
     try:
         tags = prompts_metadata(zip(prompts.starts, prompts.prompts), miga_latents=latents_tag(args.out, latents_path))

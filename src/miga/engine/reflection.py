@@ -3,6 +3,7 @@ the chunks in front of them; when the score drops by more than delta, re-sample 
 
 from __future__ import annotations
 
+import statistics
 from typing import Callable
 
 import torch
@@ -101,12 +102,10 @@ class SelfReflection:
         if self.calibration == "fixed":
             return self.threshold
         earlier = self.history[:-1]
-        changes = sorted(abs(b - a) for a, b in zip(earlier, earlier[1:]))
+        changes = [abs(b - a) for a, b in zip(earlier, earlier[1:])]
         if len(changes) < self.auto_warmup:
             return None
-        n = len(changes)
-        median = changes[n // 2] if n % 2 else 0.5 * (changes[n // 2 - 1] + changes[n // 2])
-        return self.auto_factor * 1.4826 * median
+        return self.auto_factor * 1.4826 * statistics.median(changes)
 
     def state_dict(self) -> dict:
         return {"history": list(self.history)}
