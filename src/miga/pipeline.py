@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import math
 from typing import Any, Callable, Iterator, Sequence
@@ -91,23 +93,18 @@ def is_scaling_noise(config: Any) -> bool:
     return isinstance(config, ScalingNoiseMethod)
 
 
+@contextlib.contextmanager
 def _keep_vae_cache(backbone: Backbone):
     """Save and restore the streaming VAE cache of a backbone whose decoder keeps one (Wan's causal VAE holds it
     on the VAE itself: a second decoder would clear the first's); a no-op for other backbones."""
     vae = getattr(backbone, "vae", None)
     saved = {k: v for k, v in vars(vae).items() if k.startswith(("_feat_map", "_conv_idx", "_conv_num", "_enc_"))} \
         if vae is not None else {}
-
-    class _Keep:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            for k, v in saved.items():
-                setattr(vae, k, v)
-            return False
-
-    return _Keep()
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(vae, k, v)
 
 
 def x0_decoder(backbone: Backbone) -> Callable[[torch.Tensor], np.ndarray]:
