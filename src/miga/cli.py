@@ -210,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
         "and seeds on one model with the same frame count, measured as 'miga ablate' measures (the same runner: "
         "resumable, one table). Methods the model cannot run are skipped with a note unless named in "
         "--methods.")), command="compare")
+    from miga.app.command import add_arguments as app_arguments
+
+    app_arguments(sub.add_parser("app", help="a local web page: write a prompt timeline, watch the video grow",
+                                 description=("Start a local web app (Gradio; pip install \"miga-video[app]\") "
+                                              "to write a prompt timeline, generate while watching the video "
+                                              "grow, stop, resume and download runs.")))
     return parser
 
 
@@ -1251,6 +1257,10 @@ def main(argv: list[str] | None = None) -> int:
             from miga.ablation import compare
 
             return compare(args)
+        if args.command == "app":
+            from miga.app.command import run as run_app
+
+            return run_app(args)
     except MigaError as exc:
         print(f"miga: error: {exc}", file=sys.stderr)
         return 2
