@@ -375,16 +375,16 @@ def test_models_without_separate_temporal_attention_are_refused_in_one_line():
     with pytest.raises(MigaError, match="model v1"):
         with attention_policy(make_denoiser(ToyConfig.tiny()), GlobalAttention()):
             pass
-    with pytest.raises(MigaError, match="full 3-D attention") as e:
-        WanModel.temporal_attention_network(SimpleNamespace(name="wan2.1"))
-    assert "\n" not in str(e.value)
+    transformer = nn.Linear(2, 2)
+    assert WanModel.temporal_attention_network(SimpleNamespace(transformer=transformer)) is transformer
 
     class WanTransformer3DModel(nn.Module):  # a stand-in with the diffusers class name
         pass
 
-    with pytest.raises(MigaError, match="separate temporal attention"):
+    with pytest.raises(MigaError, match="separate temporal attention; WanTransformer3DModel uses full 3-D") as e:
         with attention_policy(WanTransformer3DModel(), GlobalAttention()):
             pass
+    assert "\n" not in str(e.value)
     with pytest.raises(MigaError, match="no temporal self-attention"):
         with attention_policy(nn.Linear(2, 2), GlobalAttention()):
             pass

@@ -219,9 +219,9 @@ def test_full_3d_attention_is_refused_up_front():
         def encode_prompt(self, text):  # pragma: no cover - must not be reached
             raise AssertionError("a prompt was encoded before the refusal")
 
-    for cls in (FreeNoiseMethod, FreeLongMethod, FreePCAMethod):
-        with pytest.raises(MigaError, match="full 3-D attention .use VideoCrafter2, a UNet3D model or the built-in "
-                                            "model v2.") as info:
+    for cls in (FreeLongMethod, FreePCAMethod):
+        with pytest.raises(MigaError, match="full 3-D attention, where they are not defined .FreeNoise runs there as "
+                                            "window fusion") as info:
             LongVideo(FakeWan(), "a cat", 33, cls.shapes())
         assert "\n" not in str(info.value)
 
@@ -237,7 +237,7 @@ def test_bad_lengths_prompts_and_flags_are_refused_in_one_line(v2_path, tmp_path
     refused(capsys, v2_path, "takes one prompt", out, "--method", "freenoise", "--frames", 20,
                             "--prompt", "a red circle", "--prompt", "a blue square")
     with pytest.raises(MigaError, match="has no wan2.1 preset"):
-        preset("wan2.1", "freenoise")
+        preset("wan2.1", "freelong")
 
 
 def test_start_run_is_refused_from_python(v2, tmp_path):

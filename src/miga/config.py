@@ -268,6 +268,11 @@ class MIGAConfig(_SamplingFields):
 
 
 # ------------------------------------------------------------------------------------------ baselines (issue 16)
+LVDM_DDIM = dict(timestep_spacing="leading", steps_offset=1, signal_scale_end=0.7, signal_scale_steps=400)
+"""The stock LVDM DDIM sampler of the FreeNoise, FreeLong and FreePCA VideoCrafter2 repositories (spec §1.1-1.2):
+grid ``range(0, 1000, 20) + 1`` at 50 steps, ``use_scale`` on (``scale_b`` 0.7 below t = 400)."""
+
+
 def _attention_configs():
     """Part A's attention configs (the one home of W, S, d_t, d_s, tau, ...): imported lazily."""
     from miga.baselines.attention import FreeLongConfig, FreeNoiseConfig, FreePCAConfig
@@ -285,12 +290,30 @@ class _FullSequenceFields(_SamplingFields):
         attention: part A's attention config (:mod:`miga.baselines.attention`), which holds the method's
             constants (W, S, d_t, d_s, tau, ...); None = its defaults with the window set to the model's f_0 (and
             FreeNoise's and FreePCA's stride to f_0 / 4, the spec's S = W/4).
+        timestep_spacing, steps_offset: the DDPM grid the sampler visits; None = the backbone's. The three
+            VideoCrafter2 repositories run LVDM's DDIM grid ``range(0, 1000, 1000 // T) + 1`` (spec §1.1):
+            ``"leading"`` with offset 1, where FIFO and MIGA use ``"linspace"``.
+        signal_scale_end, signal_scale_steps: the model's ``use_scale`` (spec §1.2; VideoCrafter2: 0.7 over 400
+            timesteps, on in these repositories, off in FIFO/MIGA's); None = the backbone's schedule.
+        fps_condition: the fps an fps-conditioned UNet (VideoCrafter2) is given during the run (spec §1.4: 16 for
+            FreeNoise, 28 for FreeLong and FreePCA); None = the backbone's own (8, as FIFO-Diffusion).
     """
 
     steps: int = 50
     attention: object = None
+    timestep_spacing: Literal["linspace", "leading", "trailing"] | None = None
+    steps_offset: int | None = None
+    signal_scale_end: float | None = None
+    signal_scale_steps: int | None = None
+    fps_condition: float | None = None
     method = "?"
     _attention_index = 0
+
+    def schedule_changes(self) -> dict:
+        """The fields of the backbone's :class:`~miga.engine.schedules.ScheduleConfig` this config overrides."""
+        changes = {"timestep_spacing": self.timestep_spacing, "steps_offset": self.steps_offset,
+                   "signal_scale_end": self.signal_scale_end, "signal_scale_steps": self.signal_scale_steps}
+        return {k: v for k, v in changes.items() if v is not None}
 
     def attention_config(self, native_frames: int):
         """The attention config for a model window of ``native_frames`` (see ``attention``)."""
@@ -310,6 +333,12 @@ class _FullSequenceFields(_SamplingFields):
         if self.attention is not None and not isinstance(self.attention, kind):
             raise MigaError(f"{self.method} needs a {kind.__name__} as its attention config, got "
                             f"{type(self.attention).__name__}")
+        if self.timestep_spacing not in (None, "linspace", "leading", "trailing"):
+            raise MigaError(f"timestep spacing must be linspace, leading or trailing, got {self.timestep_spacing!r}")
+        if self.signal_scale_end is not None and not 0 < self.signal_scale_end <= 1:
+            raise MigaError(f"signal scale end must be in (0, 1], got {self.signal_scale_end}")
+        if self.fps_condition is not None and not self.fps_condition > 0:
+            raise MigaError(f"fps condition must be > 0, got {self.fps_condition}")
         window = self.attention_config(native_frames).window
         if window > native_frames:
             raise MigaError(f"{self.method}'s window W={window} is longer than the model's window f_0={native_frames}")
@@ -335,8 +364,8 @@ class FreeNoiseMethod(_FullSequenceFields):
     @classmethod
     def videocrafter2(cls) -> "FreeNoiseMethod":
         """The repository's VideoCrafter2 script: W=16, S=4 (the model's f_0 = 16 and f_0/4; ``--window-latents``
-        changes them), DDIM 50, eta 0, CFG 12."""
-        return cls(steps=50, solver="ddim", eta=0.0, guidance_scale=12.0)
+        changes them), LVDM's DDIM (grid +1, use_scale) 50 steps, eta 0, CFG 12, fps 16."""
+        return cls(steps=50, solver="ddim", eta=0.0, guidance_scale=12.0, fps_condition=16.0, **LVDM_DDIM)
 
     @classmethod
     def modelscope(cls) -> "FreeNoiseMethod":
@@ -347,6 +376,18 @@ class FreeNoiseMethod(_FullSequenceFields):
     def shapes(cls) -> "FreeNoiseMethod":
         """Built-in model v2 (flow): W = f_0, S = f_0/4, the shapes MIGA preset's sampling (32 UniPC-2 steps, CFG 3)."""
         return cls(steps=32, solver="unipc", eta=0.0, guidance_scale=3.0)
+
+    @classmethod
+    def wan21(cls) -> "FreeNoiseMethod":
+        """Wan2.1 (not from the paper: spec §4.3 c): window fusion of each 3-D self-attention with W = f_0 = 21
+        latents, S = 5, the noise rescheduling on latent frames; the Wan MIGA preset's sampling (flow UniPC-2,
+        shift 5, CFG 5) at 50 steps."""
+        return cls(steps=50, solver="unipc", eta=0.0, guidance_scale=5.0, flow_shift=5.0)
+
+    @classmethod
+    def skyreels_v2_df(cls) -> "FreeNoiseMethod":
+        """SkyReels-V2-DF: the Wan2.1 preset with shift 8 and CFG 6."""
+        return cls.wan21().with_(flow_shift=8.0, guidance_scale=6.0)
 
 
 @dataclass(frozen=True)
@@ -388,8 +429,9 @@ class FreeLongMethod(_FullSequenceFields):
     @classmethod
     def videocrafter2(cls) -> "FreeLongMethod":
         """The repository's VideoCrafter2 script: local +-8 frames (w = f_0 = 16), d_t = d_s = 0.25, local-only
-        finest level, FreeNoise init (f_0, f_0/4) = (16, 4), DDIM 50, eta 1, CFG 12."""
-        return cls(steps=50, solver="ddim", eta=1.0, guidance_scale=12.0)
+        finest level, FreeNoise init (f_0, f_0/4) = (16, 4), LVDM's DDIM (grid +1, use_scale) 50 steps, eta 1, CFG 12,
+        fps 28."""
+        return cls(steps=50, solver="ddim", eta=1.0, guidance_scale=12.0, fps_condition=28.0, **LVDM_DDIM)
 
     @classmethod
     def modelscope(cls) -> "FreeLongMethod":
@@ -428,9 +470,9 @@ class FreePCAMethod(_FullSequenceFields):
 
     @classmethod
     def videocrafter2(cls) -> "FreePCAMethod":
-        """The repository's script: W=16, S=4 (f_0 and f_0/4), 3 components, tau=250, gamma=sqrt(log_W N), DDIM 50,
-        eta 1, CFG 12."""
-        return cls(steps=50, solver="ddim", eta=1.0, guidance_scale=12.0)
+        """The repository's script: W=16, S=4 (f_0 and f_0/4), 3 components, tau=250, gamma=sqrt(log_W N), LVDM's
+        DDIM (grid +1, use_scale) 50 steps, eta 1, CFG 12, fps 28."""
+        return cls(steps=50, solver="ddim", eta=1.0, guidance_scale=12.0, fps_condition=28.0, **LVDM_DDIM)
 
     @classmethod
     def modelscope(cls) -> "FreePCAMethod":
@@ -547,8 +589,11 @@ PRESETS = {
 }
 
 
-BASELINE_PRESETS = ("videocrafter2", "modelscope", "shapes")
-"""Presets the full-sequence baselines have: the models with separate temporal attention."""
+BASELINE_PRESETS = ("videocrafter2", "modelscope", "shapes", "wan2.1", "skyreels-v2-df")
+"""Presets the full-sequence baselines have: the models with separate temporal attention, and for FreeNoise alone
+(window fusion) the full 3-D attention models."""
+
+_FULL_3D_PRESETS = {"wan2.1": "wan21", "skyreels-v2-df": "skyreels_v2_df"}
 
 METHOD_NAMES = ("miga", "fifo", "scalingnoise", *FULL_SEQUENCE_METHODS)
 
@@ -577,10 +622,13 @@ def preset(name: str, method: str = "miga"):
     if method not in METHOD_NAMES:
         raise MigaError(f"unknown method {method!r}; choose one of {', '.join(METHOD_NAMES)}")
     if method in FULL_SEQUENCE_METHODS:
-        if name not in BASELINE_PRESETS:
+        cls = FULL_SEQUENCE_METHODS[method]
+        attr = _FULL_3D_PRESETS.get(name, name)
+        if name not in BASELINE_PRESETS or not hasattr(cls, attr):
+            have = [n for n in BASELINE_PRESETS if hasattr(cls, _FULL_3D_PRESETS.get(n, n))]
             raise MigaError(f"{method} has no {name} preset (it needs separate temporal attention); choose one of "
-                            f"{', '.join(BASELINE_PRESETS)}")
-        return getattr(FULL_SEQUENCE_METHODS[method], name)()
+                            f"{', '.join(have)}")
+        return getattr(cls, attr)()
     if method == "scalingnoise":
         return ScalingNoiseMethod.of(PRESETS[name][1]())
     return PRESETS[name][0 if method == "miga" else 1]()

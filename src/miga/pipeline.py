@@ -166,9 +166,10 @@ class LongVideo:
         self.num_frames = num_frames
         self.config = config if config is not None else preset(backbone.default_preset, "miga")
         if is_full_sequence(self.config):
-            from miga.baselines.methods import check_backbone
+            from miga.baselines.methods import check_backbone, check_fps_condition
 
             check_backbone(backbone, self.config.method)  # before any work: models without temporal attention
+            check_fps_condition(backbone, self.config)
         self.config.validate(backbone.native_frames)
         self.prompts = prompt_schedule(prompts, num_frames)
         self.num_latents = latents_for_frames(backbone, num_frames)
@@ -191,6 +192,13 @@ class LongVideo:
             from dataclasses import replace
 
             sched_cfg = replace(sched_cfg, shift=self.config.flow_shift)
+        if is_full_sequence(self.config) and self.config.schedule_changes():
+            from dataclasses import replace
+
+            if sched_cfg.kind != "ddpm":
+                raise MigaError(f"--method {self.config.method}: timestep spacing and signal scale apply to DDPM "
+                                f"models; {getattr(backbone, 'name', 'this model')} is a flow model")
+            sched_cfg = replace(sched_cfg, **self.config.schedule_changes())
         if self.config.solver == "euler" and sched_cfg.kind != "flow":
             raise MigaError("the euler solver needs a flow-matching model; use ddim or unipc")
         steps = (self.config.steps(backbone.native_frames) if isinstance(self.config, FIFOConfig)

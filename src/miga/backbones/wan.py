@@ -307,10 +307,9 @@ class WanModel(TextEncoderOffload):
         return WanStreamingDecoder(self.vae)
 
     def temporal_attention_network(self):
-        """Refused: FreeNoise, FreeLong and FreePCA replace a separate temporal attention, which Wan2.1 and
-        SkyReels-V2 (full 3-D attention over all tokens) do not have (``shared/spec/baselines.md`` §2.2 c)."""
-        raise MigaError(f"FreeNoise, FreeLong and FreePCA need a model with separate temporal attention; {self.name} "
-                        "uses full 3-D attention (use VideoCrafter2, a UNet3D model or the built-in model v2)")
+        """The transformer: it has no separate temporal attention (full 3-D attention over all tokens), so only
+        FreeNoise's window fusion acts on it (:mod:`miga.baselines.hooks`); FreeLong and FreePCA are refused."""
+        return self.transformer
 
 
 def is_wan_folder(path: str) -> bool:

@@ -17,11 +17,19 @@ model has no separate temporal attention) or the network itself, and installs th
   ``forward`` that projects q/k/v with the layer's own weights and calls the policy;
 - diffusers ``UNet3DConditionModel`` (ModelScope, Zeroscope): ``attn1`` and ``attn2`` (both self-attention,
   ``double_self_attention``) of every ``TransformerTemporalModel`` (``transformer_in`` and each
-  ``temp_attentions`` entry), through an attention processor; the original processors are put back after.
+  ``temp_attentions`` entry), through an attention processor; the original processors are put back after;
+- Wan2.1 and SkyReels-V2 (full 3-D attention over all tokens, no separate temporal attention): only FreeNoise's
+  :class:`~miga.baselines.attention.WindowedAttention`, as **window fusion of each 3-D self-attention**
+  (``baselines.md`` §4.3 c, the attention-level variant): every block's ``attn1`` runs its own processor on
+  the tokens of each frame window ``[s, s + W)`` with those tokens' rotary embeddings (RoPE is relative, so this
+  is 3-D attention restricted to the window), and a token's output is the pyramid-weighted mean over the
+  windows that hold its frame. The original processor does the work (projections, q/k norms, RoPE, output
+  projection: affine, so averaging after it equals averaging before). Other policies are refused in one line:
+  FreeLong and FreePCA are not defined for full 3-D attention (§2.2 c, §3.3 c).
 
 Spatial attention is never touched. Everything installed (policy slots, forwards, processors, the
 forward-pre-hooks that record each layer's ``(B, F, h, w)`` grid and each call's timestep) is removed when the
-block ends, also after an exception. Wan2.1 and SkyReels-V2 (full 3-D attention) are refused in one line.
+block ends, also after an exception.
 """
 
 from __future__ import annotations
@@ -34,14 +42,15 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch import nn
 
-from miga.baselines.attention import AttentionPolicy, AttentionSite
+from miga.baselines.attention import AttentionPolicy, AttentionSite, WindowedAttention, window_starts, window_weights
 from miga.errors import MigaError
 
-__all__ = ["FULL_3D_ATTENTION", "NO_TEMPORAL_ATTENTION", "attention_policy", "temporal_attention_layers",
+__all__ = ["FULL_3D_ATTENTION", "NO_TEMPORAL_ATTENTION", "is_full_3d_attention", "attention_policy", "temporal_attention_layers",
            "temporal_attention_network"]
 
-FULL_3D_ATTENTION = ("FreeNoise, FreeLong and FreePCA need a model with separate temporal attention; {model} uses "
-                     "full 3-D attention (use VideoCrafter2, a UNet3D model or the built-in model v2)")
+FULL_3D_ATTENTION = ("FreeLong and FreePCA need a model with separate temporal attention; {model} uses full 3-D "
+                     "attention, where they are not defined (FreeNoise runs there as window fusion; use "
+                     "VideoCrafter2, a UNet3D model or the built-in model v2 for FreeLong and FreePCA)")
 NO_TEMPORAL_ATTENTION = ("{model} has no temporal self-attention for FreeNoise, FreeLong or FreePCA to act on "
                          "(use VideoCrafter2, a UNet3D model or the built-in model v2)")
 _FULL_3D_CLASSES = ("WanTransformer3DModel", "SkyReelsV2Transformer3DModel")
@@ -229,6 +238,77 @@ class _DiffusersUNet3DAdapter(_Adapter):
         stack.callback(attn.set_processor, previous)
 
 
+class _WindowFusionProcessor:
+    """A Wan/SkyReels self-attention processor: the original processor on each frame window's tokens (with their
+    rotary embeddings and mask block), fused by the windows' per-frame weights (FreeNoise, §4.3 c)."""
+
+    def __init__(self, policy: WindowedAttention, site: Callable[[], Optional[AttentionSite]], original):
+        self.policy, self.site, self.original = policy, site, original
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None,
+                 *args, **kwargs):
+        site = self.site()
+        if encoder_hidden_states is not None or site is None:
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb,
+                                 *args, **kwargs)
+        c = self.policy.config
+        _, frames, h, w = site.grid
+        per_frame = h * w
+        if hidden_states.shape[1] != frames * per_frame:
+            raise ValueError(f"{site.name}: {hidden_states.shape[1]} tokens do not match the grid {site.grid}")
+        starts = window_starts(frames, c.window, c.stride, c.tail)
+        length = min(c.window, frames)
+        if len(starts) == 1:
+            return self.original(attn, hidden_states, None, attention_mask, rotary_emb, *args, **kwargs)
+        weights = window_weights(length, c.weighting).to(hidden_states.device).repeat_interleave(per_frame)
+        acc = count = None
+        for s in starts:
+            tokens = slice(s * per_frame, (s + length) * per_frame)
+            rope = None if rotary_emb is None else tuple(r[:, tokens] for r in rotary_emb)
+            mask = None if attention_mask is None else attention_mask[..., tokens, tokens]
+            out = self.original(attn, hidden_states[:, tokens], None, mask, rope, *args, **kwargs).float()
+            if acc is None:
+                acc = torch.zeros(out.shape[0], hidden_states.shape[1], out.shape[2], device=out.device)
+                count = torch.zeros(hidden_states.shape[1], device=out.device)
+            acc[:, tokens] += out * weights[:, None]
+            count[tokens] += weights
+        return (acc / count[:, None]).to(hidden_states.dtype)
+
+
+class _Full3DAdapter(_Adapter):
+    """Wan2.1 / SkyReels-V2 transformers: each block's ``attn1`` (3-D self-attention), window-fused."""
+
+    def layers(self, net):
+        return [_Layer(f"blocks.{i}.attn1", net, block.attn1) for i, block in enumerate(net.blocks)]
+
+    def model_call(self, net, args, kwargs):
+        return _arg(args, kwargs, 1, "timestep"), None
+
+    def grid(self, owner, args, kwargs):
+        b, _, f, h, w = _arg(args, kwargs, 0, "hidden_states").shape
+        p_t, p_h, p_w = owner.config.patch_size
+        return b, f // p_t, h // p_h, w // p_w
+
+    def check(self, net, policy):
+        if not isinstance(policy, WindowedAttention):
+            raise MigaError(FULL_3D_ATTENTION.format(model=type(net).__name__))
+
+    def install(self, layer, policy, site, stack):
+        attn = layer.attention
+        previous = attn.processor
+        attn.set_processor(_WindowFusionProcessor(policy, site, previous))
+        stack.callback(attn.set_processor, previous)
+
+
+def is_full_3d_attention(target: Any) -> bool:
+    """Whether ``target`` (a backbone or its network) is a full 3-D attention model (Wan2.1, SkyReels-V2)."""
+    try:
+        net = temporal_attention_network(target)
+    except MigaError:
+        return False
+    return type(net).__name__ in _FULL_3D_CLASSES
+
+
 def _adapter(net: nn.Module) -> _Adapter:
     from miga.backbones.videocrafter2_unet import VideoCrafter2UNet
     from miga.toy.nets import AttentionDenoiser, SpaceTimeDenoiser
@@ -239,7 +319,7 @@ def _adapter(net: nn.Module) -> _Adapter:
         return _VideoCrafter2Adapter()
     kind = type(net).__name__
     if kind in _FULL_3D_CLASSES:
-        raise MigaError(FULL_3D_ATTENTION.format(model=kind))
+        return _Full3DAdapter()
     if isinstance(net, SpaceTimeDenoiser):
         raise MigaError(NO_TEMPORAL_ATTENTION.format(model="the built-in model v1 (a convolutional denoiser)"))
     if kind == "UNet3DConditionModel" or any(type(m).__name__ == "TransformerTemporalModel" for m in net.modules()):
@@ -267,13 +347,16 @@ def attention_policy(target: Any, policy: Optional[AttentionPolicy]) -> Iterator
     The :class:`~miga.baselines.attention.AttentionSite` of each call carries the layer's ``(B, F, h, w)`` grid,
     the call's timestep (when all frames share one), the layer's level (0 = finest) and its softmax scale.
     Everything is undone on exit, also after an exception. Raises :class:`~miga.errors.MigaError` (one line)
-    for models without separate temporal attention (Wan2.1, SkyReels-V2, the built-in model v1).
+    for models without temporal self-attention (the built-in model v1, the Gaussian worlds), and for any policy but
+    FreeNoise's on full 3-D attention (Wan2.1, SkyReels-V2).
     """
     if policy is None:
         yield
         return
     net = temporal_attention_network(target)
     adapter = _adapter(net)
+    if isinstance(adapter, _Full3DAdapter):
+        adapter.check(net, policy)
     layers = adapter.layers(net)
     if not layers:
         raise MigaError(NO_TEMPORAL_ATTENTION.format(model=type(net).__name__))

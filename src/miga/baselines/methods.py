@@ -11,6 +11,7 @@ checks, and the memory estimate ``miga generate`` refuses on.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -20,23 +21,27 @@ import torch
 
 from miga.baselines.attention import (GlobalAttention, PCAFuseAttention, SpectralBlendAttention, WindowedAttention,
                                       window_starts)
-from miga.baselines.hooks import attention_policy, temporal_attention_layers
+from miga.baselines.hooks import (FULL_3D_ATTENTION, attention_policy, is_full_3d_attention,
+                                  temporal_attention_layers, temporal_attention_network)
 from miga.baselines.noise import freenoise_reschedule, freepca_gate_by_step, freepca_mean_reuse
 from miga.errors import MigaError
 
-__all__ = ["MemoryEstimate", "available_bytes", "check_backbone", "check_length", "check_memory",
+__all__ = ["MemoryEstimate", "available_bytes", "check_backbone", "check_fps_condition", "check_length", "check_memory",
            "estimate_peak_bytes", "noise_rule", "step_context"]
 
 NAMES = {"freenoise": "FreeNoise", "freelong": "FreeLong", "freepca": "FreePCA"}
 
 
 def check_backbone(backbone: Any, method: str) -> None:
-    """Raise the hook's one-line :class:`MigaError` when ``backbone`` has no separate temporal attention (model v1,
-    Wan2.1, SkyReels-V2, the Gaussian worlds), naming the models that work; nothing is installed. Methods that need no
-    temporal attention (``scalingnoise``: FIFO's queue and a decoder; ``fifo``, ``miga``) pass on every model."""
+    """Raise the hook's one-line :class:`MigaError` when ``backbone`` has no temporal self-attention for ``method``
+    (model v1, the Gaussian worlds; FreeLong and FreePCA on Wan2.1 and SkyReels-V2, whose full 3-D attention only
+    FreeNoise's window fusion is defined on), naming the models that work; nothing is installed. Methods that need
+    no temporal attention (``scalingnoise``: FIFO's queue and a decoder; ``fifo``, ``miga``) pass on every model."""
     if method in ("scalingnoise", "fifo", "miga"):
         return
     try:
+        if method != "freenoise" and is_full_3d_attention(backbone):
+            raise MigaError(FULL_3D_ATTENTION.format(model=type(temporal_attention_network(backbone)).__name__))
         temporal_attention_layers(backbone)
     except MigaError as exc:
         raise MigaError(f"--method {method}: {exc}") from None
@@ -78,10 +83,36 @@ def policy_for(config: Any, native_frames: int, step: int = 0, steps: int = 1):
     raise MigaError(f"unknown full-sequence method {config.method!r}")
 
 
+@contextlib.contextmanager
+def _fps_condition(backbone: Any, fps: Optional[float]):
+    """``backbone.fps_condition`` set to ``fps`` while active (an fps-conditioned UNet's input), then restored."""
+    if fps is None:
+        yield
+        return
+    previous = backbone.fps_condition
+    backbone.fps_condition = float(fps)
+    try:
+        yield
+    finally:
+        backbone.fps_condition = previous
+
+
+def check_fps_condition(backbone: Any, config: Any) -> None:
+    """Refuse (one line) an fps condition for a model that takes none."""
+    if getattr(config, "fps_condition", None) is not None and not hasattr(backbone, "fps_condition"):
+        raise MigaError(f"--method {config.method}: fps_condition={config.fps_condition:g} needs an fps-conditioned "
+                        f"model (VideoCrafter2); {getattr(backbone, 'name', type(backbone).__name__)} takes no fps; "
+                        f"use its own preset")
+
+
 def step_context(backbone: Any, config: Any, native_frames: int) -> Callable[[int, int], Any]:
-    """``context(step, steps)``: the method's policy installed on ``backbone`` for that step's model calls."""
+    """``context(step, steps)``: the method's policy installed on ``backbone`` for that step's model calls, with
+    the method's fps condition (VideoCrafter2)."""
+    @contextlib.contextmanager
     def context(step: int, steps: int):
-        return attention_policy(backbone, policy_for(config, native_frames, step, steps))
+        with _fps_condition(backbone, getattr(config, "fps_condition", None)), \
+                attention_policy(backbone, policy_for(config, native_frames, step, steps)):
+            yield
     return context
 
 
@@ -125,12 +156,17 @@ def _probe(backbone: Any, frames: int, cond: Any) -> tuple[int, int]:
         rows_heads[0] = max(rows_heads[0], q.shape[0] * q.shape[1])
         return GlobalAttention()(q, k, v, bias, site)
 
+    full_3d = is_full_3d_attention(backbone)
+    if full_3d:  # window fusion runs whole 3-D attention per window: heads x (tokens per frame)^2 per frame pair
+        p_t, p_h, p_w = net.config.patch_size
+        h, w = backbone.latent_shape[1:]
+        rows_heads[0] = net.config.num_attention_heads * ((h // p_h) * (w // p_w)) ** 2
     handles = [m.register_forward_hook(hook) for m in net.modules()]
     try:
         x = torch.zeros(1, backbone.latent_shape[0], frames, *backbone.latent_shape[1:],
                         device=getattr(backbone, "device", "cpu"))
         levels = Schedule(backbone.default_schedule, 2).noise_levels([[1] * frames])
-        with torch.no_grad(), attention_policy(backbone, recorder):
+        with torch.no_grad(), (contextlib.nullcontext() if full_3d else attention_policy(backbone, recorder)):
             backbone.predict(x, levels, [cond])
     finally:
         for h in handles:
@@ -148,7 +184,8 @@ def estimate_peak_bytes(backbone: Any, config: Any, num_latents: int, cond: Any,
     guidance (one batched call; a backbone's ``model_batch`` of 1 makes it 1), else 1;
     ``attention = ATTENTION_COPIES x B x R x M x 4``: fp32 copies of the largest temporal attention map, ``R`` its
     rows x heads per batch element (from the probe), ``M`` = N² for the global branches of FreeLong and FreePCA,
-    N x W for FreeNoise's windows. ``cond``: an encoded prompt for the probe call (the text encoder may be gone).
+    N x W for FreeNoise's windows; on full 3-D attention (Wan, SkyReels) ``R`` = heads x (tokens per frame)² and
+    ``M`` = W² (one window's 3-D attention at a time). ``cond``: an encoded prompt for the probe call (the text encoder may be gone).
     """
     n = int(num_latents)
     latent = math.prod(backbone.latent_shape)
@@ -157,7 +194,10 @@ def estimate_peak_bytes(backbone: Any, config: Any, num_latents: int, cond: Any,
     if getattr(backbone, "model_batch", None) == 1:
         batch = 1
     window = config.attention_config(backbone.native_frames).window
-    pairs = n * min(n, window) if config.method == "freenoise" else n * n
+    if is_full_3d_attention(backbone):
+        pairs = min(n, window) ** 2
+    else:
+        pairs = n * min(n, window) if config.method == "freenoise" else n * n
     return MemoryEstimate(latents=4 * n * latent * 4, activations=batch * n * ACTIVATION_FACTOR * per_frame,
                           attention=ATTENTION_COPIES * batch * rows_heads * pairs * 4)
 
