@@ -6,6 +6,7 @@ from dataclasses import replace
 import pytest
 
 from miga import ablation, cli
+from miga.runner import jobs
 from miga.config import FIFOConfig, MIGAConfig, preset
 from miga.worlds.shapes import parse_prompt
 from cli_helpers import run
@@ -139,8 +140,8 @@ def test_records_match_their_videos(tiny_run):
 
 def test_resume_skips_finished_runs(tiny_run, capsys, monkeypatch):
     calls = []
-    generate = ablation._generate
-    monkeypatch.setattr(ablation, "_generate", lambda *a: calls.append(a[1].rows) or generate(*a))
+    generate = jobs.generate_video
+    monkeypatch.setattr(jobs, "generate_video", lambda *a, **k: calls.append(a[1].rows) or generate(*a, **k))
     before = (tiny_run / "results.md").read_text()
     code, out, err = run(capsys, *TINY, "--rows", "fifo,miga", "--sweeps", "none", "--out", tiny_run)
     assert code == 0 and calls == []

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from cli_helpers import run
-from miga.bench import length_summary, plan_cells, run_cell, table
+from miga.commands.bench import length_summary, plan_cells, run_cell, table
 
 
 def test_plan_runs_native_once_and_every_other_method_at_every_length():

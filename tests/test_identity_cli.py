@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from miga import ablation
+from miga.runner import jobs
 from miga.backbones.gaussian import GaussianWorld
 from miga.evaluation.identity import identity_report, prior_sample
 from miga.evaluation.latents import LatentWriter, read_latents
@@ -314,7 +314,7 @@ def test_ablate_gaussian_adds_identity_columns_and_keeps_old_records(tmp_path, c
     record_path.write_text(json.dumps(record))
     video.with_name(video.stem + ".latents.safetensors").unlink()
     before = video.read_bytes()
-    monkeypatch.setattr(ablation, "_generate", lambda *a: pytest.fail("generated again"))
+    monkeypatch.setattr(jobs, "generate_video", lambda *a, **k: pytest.fail("generated again"))
     code, out, err = run(capsys, *argv)
     assert code == 0, err
     assert "1 run(s), 1 already done" in err and "identity drift added to 1 run(s)" in err and "latents" in err
@@ -329,14 +329,14 @@ def test_ablate_shapes_adds_identity_drift_columns(tmp_path, capsys, monkeypatch
     here: FIFO's identity changes halfway, MIGA's is kept), the same numbers as miga eval --world shapes."""
     kept, forgot = kept_and_forgotten(140)
 
-    def fake_generate(backbone, run, frames, path, latents_path=None):
+    def fake_generate(backbone, run, frames, path, latents_path=None, **kw):
         assert latents_path is None  # only the Gaussian worlds save latents
         write(path, forgot if run.rows[0] == "fifo" else kept, [(0, run.prompt)])
         return {"frames": frames, "height": 64, "width": 64, "latents": frames, "nfe": frames, "nfe_per_frame": 1.0,
                 "seconds": 1.0, "seconds_per_frame": 1.0 / frames, "model_seconds": 1.0, "reflection_checks": 0,
                 "reflection_triggers": 0, "reflection_adoptions": 0}
 
-    monkeypatch.setattr(ablation, "_generate", fake_generate)
+    monkeypatch.setattr(jobs, "generate_video", fake_generate)
     argv = ["ablate", "--frames", 140, "--seeds", 0, "--rows", "fifo,miga", "--sweeps", "none", "--prompt", CYAN,
             "--out", tmp_path / "a", "--no-progress"]
     code, out, err = run(capsys, *argv)
@@ -363,7 +363,7 @@ def test_ablate_shapes_adds_identity_drift_columns(tmp_path, capsys, monkeypatch
         record = json.loads(path.read_text())
         record.pop("identity")
         path.write_text(json.dumps(record))
-    monkeypatch.setattr(ablation, "_generate", lambda *a: pytest.fail("generated again"))
+    monkeypatch.setattr(jobs, "generate_video", lambda *a, **k: pytest.fail("generated again"))
     code, out2, err = run(capsys, *argv)
     assert code == 0, err
     assert "2 run(s), 2 already done" in err and "identity drift added to 2 run(s)" in err

@@ -80,7 +80,7 @@ def _plain(value: Any) -> Any:
 
 def model_identity(model: str) -> str:
     """What makes a model's outputs reproducible: a world's name or a weights file's SHA-256."""
-    from miga.ablation import model_identity as identity
+    from miga.common import model_identity as identity
 
     return identity(model)
 

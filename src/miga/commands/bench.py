@@ -179,7 +179,7 @@ def _run_subprocess(cell: dict) -> dict:
     env = dict(os.environ)
     if cell.get("threads"):
         env["OMP_NUM_THREADS"] = str(cell["threads"])
-    proc = subprocess.run([sys.executable, "-m", "miga.bench", json.dumps(cell)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "miga.commands.bench", json.dumps(cell)], capture_output=True, text=True,
                           env=env)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
@@ -241,7 +241,16 @@ def length_summary(results: Sequence[dict]) -> str:
     return "\n".join(out)
 
 
+HELP = "measure speed and memory of FIFO and MIGA"
+DESCRIPTION = (
+    "Measure NFE per frame, seconds per frame, the engine's own overhead as a fraction of model time, peak "
+    "memory (RSS on the CPU, allocated on a GPU) and time to the first written frame, for each model, "
+    "method and length, each in a fresh process, and print a table with ratios to FIFO from the same run. "
+    "wan-1.3b-random is Wan2.1-1.3B's transformer and VAE at full size with random weights (GPU).")
+
+
 def add_arguments(parser) -> None:
+    """``miga bench``'s options."""
     parser.add_argument("--models", default="gaussian,shapes", metavar="LIST",
                         help=f"comma-separated: {', '.join(MODELS)} (default gaussian,shapes; the last two need a GPU)")
     parser.add_argument("--methods", default="fifo,miga-no-dce,miga", metavar="LIST",
@@ -278,10 +287,15 @@ def _list(text: str, allowed: Sequence[str] | None, flag: str, kind=str) -> list
     return out
 
 
+def run(args) -> int:
+    """``miga bench``."""
+    return bench(args)
+
+
 def bench(args) -> int:
     from tqdm import tqdm
 
-    from miga.ablation import _machine
+    from miga.common import check_output, machine as _machine
     from miga.video import atomic_write_text
 
     models = _list(args.models, MODELS, "--models")
@@ -289,8 +303,7 @@ def bench(args) -> int:
     frames = _list(args.frames, None, "--frames", int)
     if args.threads < 1:
         raise MigaError(f"--threads must be >= 1, got {args.threads}")
-    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
-        raise MigaError(f"cannot write {args.json}: its directory does not exist")
+    check_output(args.json)
     gpu_models = [m for m in models if m in GPU_MODELS]
     if gpu_models and (args.device or "cuda").startswith("cuda"):
         import torch
