@@ -135,7 +135,7 @@ def under(name: str, *packages: str) -> bool:
 
 MODULES = all_modules()
 EDGES = graph(MODULES)
-APP = ("miga.cli", "miga.commands", "miga.runner", "miga.common", "miga.ablation")
+APP = ("miga.cli", "miga.commands", "miga.runner", "miga.common", "miga.ablation", "miga.suites")
 
 
 def test_no_import_cycle_in_the_application():
@@ -158,10 +158,10 @@ def test_a_command_imports_no_other_command_nor_the_cli(name):
     assert [m for m in EDGES[name] if under(m, "miga.cli") or (under(m, "miga.commands") and m != name)] == []
 
 
-@pytest.mark.parametrize("name", sorted(n for n in MODULES if under(n, "miga.runner", "miga.ablation")))
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if under(n, "miga.runner", "miga.ablation", "miga.suites")))
 def test_the_runner_imports_no_command_nor_the_cli(name):
     assert [m for m in EDGES[name] if under(m, "miga.cli", "miga.commands")] == []
-    if under(name, "miga.ablation"):
+    if under(name, "miga.ablation", "miga.suites"):
         assert [m for m in EDGES[name] if under(m, "miga.runner")] == []
 
 

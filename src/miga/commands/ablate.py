@@ -118,6 +118,7 @@ def compare(args) -> int:
     from miga.baselines.methods import check_backbone
     from miga.pipeline import load_backbone
 
+    check_outputs(args.out)
     methods = _list(args.methods, "--methods")
     rows = compare_rows(COMPARE_METHODS if methods is None else methods)
     backbone = load_backbone(args.model, height=args.height, width=args.width)
@@ -158,6 +159,17 @@ def plan(rows: Sequence[Row], preset_name: str, native_frames: int, prompts: Seq
     return configs, merge(jobs)
 
 
+def check_outputs(out: str) -> None:
+    """The output folder and the files the table goes to, before any work (missing parents are created)."""
+    from miga.common import check_output
+    from miga.video import check_new_folder
+
+    check_new_folder(out, "--out")
+    if os.path.isdir(out):
+        for name in ("results.md", "results.json"):
+            check_output(os.path.join(out, name))
+
+
 def ray_choice(args) -> tuple[bool, str | None]:
     """Whether to run on Ray (``--ray``) and where; refused in one line without ray installed."""
     if args.ray is None:
@@ -177,9 +189,9 @@ def run_table(args, rows: Sequence[Row], backbone=None) -> int:
     from miga.pipeline import load_backbone
     from miga.runner.execute import WorkerSpec, execute, make_meters
     from miga.runner.table import aggregate, identity_summary, markdown
-    from miga.video import atomic_write_text, check_new_folder
+    from miga.video import atomic_write_text
 
-    check_new_folder(args.out, "--out")  # missing parents are created with it
+    check_outputs(args.out)
     seeds = _list(args.seeds, "--seeds", int)
     if not seeds:
         raise MigaError("--seeds: give at least one seed")

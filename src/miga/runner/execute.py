@@ -188,6 +188,8 @@ def connect(address: str | None) -> bool:
     Returns True when this call started the connection (and should end it)."""
     import ray
 
+    if address and address not in ("local", "auto"):
+        _reachable(address)
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
