@@ -69,6 +69,8 @@ def test_the_suite_on_ray_writes_every_video_once_and_a_complete_table(ray_suite
     assert [a["videos"] for a in result["aggregates"]] == [2, 2]
     assert result["aggregates"][0]["stats"]["overall"]["ci95"] is not None
     assert {r["dimension"] for r in result["dimensions"]} >= {"color"}
+    named = out / "vbench" / "fifo" / "a green bicycle-0.mp4"  # as VBench's evaluator names videos
+    assert named.is_file() and os.path.samefile(named, out / result["per_prompt"][3]["videos"][0])
     text = (out / "results.md").read_text()
     assert "**Per VBench dimension**" in text and "| color | miga | 2 |" in text
     # the same command again: nothing new (no worker started, no video touched)
@@ -157,6 +159,21 @@ def test_a_worker_killed_mid_video_is_retried_and_makes_the_same_latents(ray_clu
     a, _ = read_latents(str(out / "runs" / (job.digest + ".latents.safetensors")))
     b, _ = read_latents(str(here / "runs" / (job.digest + ".latents.safetensors")))
     assert torch.equal(a, b)
+
+
+def test_ablate_on_ray_gives_the_in_process_table(ray_cluster, tmp_path, capsys):
+    argv = ["ablate", "--model", "gaussian", "--height", "32", "--width", "32", "--frames", "16", "--seeds", "0",
+            "--rows", "fifo,miga", "--sweeps", "none", "--prompt", "drifting clouds", "--no-progress"]
+    code, here, err = run(capsys, *argv, "--out", tmp_path / "here")
+    assert code == 0, err
+    code, there, err = run(capsys, *argv, "--ray", "--out", tmp_path / "ray")
+    assert code == 0, err
+    assert json.loads((tmp_path / "ray" / "results.json").read_text())["executor"] == "Ray"
+
+    def cells(text):  # the metric columns (not s/frame: timings differ)
+        return [ln.split("|")[1:9] for ln in text.splitlines() if ln.startswith("| FIFO") or ln.startswith("| MIGA")]
+
+    assert cells(there) == cells(here) and len(cells(here)) == 2
 
 
 def test_a_tiny_built_in_model_on_ray(ray_cluster, tmp_path, capsys):

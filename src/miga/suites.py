@@ -26,6 +26,7 @@ class Entry:
     name: str
     prompt: str | tuple
     dimensions: tuple[str, ...] = ()
+    vbench_name: str | None = None  # VBench's standard prompt: its evaluator finds videos as PROMPT-INDEX.mp4
 
     @property
     def text(self) -> str:
@@ -45,7 +46,7 @@ def _vbench(extended: bool) -> list[Entry]:
         order.setdefault(text, i)
         merged.setdefault(text, [])
         merged[text] += [d for d in e["dimension"] if d not in merged[text]]
-    return [Entry(str(order[t]), t, tuple(dims)) for t, dims in merged.items()]
+    return [Entry(str(order[t]), t, tuple(dims), info[order[t]]["prompt_en"]) for t, dims in merged.items()]
 
 
 def dimensions() -> list[str]:

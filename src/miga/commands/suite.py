@@ -249,6 +249,9 @@ def _run(args, kind, entries, methods, seeds, model, local, start_pool, t0) -> i
               "retried": outcome.retried, "executor": outcome.where, "wall_seconds": seconds,
               "machine": machine(threads), "extractors": model["names"], "proxy": model["proxies"],
               **suite_table(entries, methods, ok, outcome.records)}
+    named = _vbench_names(args.out, entries, seeds, jobs, outcome.records)
+    if named:
+        result["vbench_videos"] = named
     text = suite_markdown(result)
     atomic_write_text(os.path.join(args.out, "results.md"), text)
     atomic_write_text(os.path.join(args.out, "results.json"), json.dumps(result, indent=1) + "\n")
@@ -276,3 +279,29 @@ def _run_here(worker, todo, outcome, total: int, progress: bool, desc: str) -> N
             bar.update(1)
     finally:
         bar.close()
+
+
+def _vbench_names(out: str, entries, seeds, jobs, records) -> str | None:
+    """VBench's suites: each finished video also as ``OUT/vbench/METHOD/PROMPT-K.mp4`` (K: the seed's place
+    in --seeds; hard links), the names VBench's own evaluator reads (``vbench evaluate --videos_path``)."""
+    if not any(e.vbench_name for e in entries):
+        return None
+    folder = os.path.join(out, "vbench")
+    for job in jobs:
+        record = records.get(job.digest)
+        entry = entries[job.prompt_index]
+        if record is None or entry.vbench_name is None:
+            continue
+        for method in job.rows:
+            target = os.path.join(folder, method, f"{entry.vbench_name}-{seeds.index(job.seed)}.mp4")
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            source = os.path.join(out, record["video"])
+            if os.path.exists(target):
+                if os.path.samefile(source, target):
+                    continue
+                os.remove(target)
+            try:
+                os.link(source, target)
+            except OSError:  # a file system without hard links
+                os.symlink(os.path.relpath(source, os.path.dirname(target)), target)
+    return folder

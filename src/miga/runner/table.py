@@ -290,6 +290,9 @@ def suite_markdown(result: dict) -> str:
         if d in proxies:
             notes.append(f"{h}* proxy: {result['extractors'][d]}.")
     notes.append(f"s/frame: generation wall time per frame on {result['machine']}.")
+    if result.get("vbench_videos"):
+        notes.append(f"The videos are also in {result['vbench_videos']}/METHOD/PROMPT-K.mp4 (K: the seed's place in "
+                     "--seeds), as VBench's own evaluator names them.")
     if result["failed"]:
         notes.append(f"Failed: {'; '.join(result['failed'][:5])}.")
     return "\n".join(lines + ["", " ".join(notes), ""])
