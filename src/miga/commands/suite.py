@@ -247,6 +247,7 @@ def _run(args, kind, entries, methods, seeds, model, local, start_pool, t0) -> i
               "methods": methods, "seeds": seeds, "prompts": len(entries), "videos": len(jobs),
               "made": outcome.made, "skipped": outcome.done, "failed": list(outcome.failed.values()),
               "retried": outcome.retried, "executor": outcome.where, "wall_seconds": seconds,
+              "ray": outcome.timing or None,
               "machine": machine(threads), "extractors": model["names"], "proxy": model["proxies"],
               **suite_table(entries, methods, ok, outcome.records)}
     named = _vbench_names(args.out, entries, seeds, jobs, outcome.records)

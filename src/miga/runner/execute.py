@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -86,6 +86,12 @@ class Worker:
         """What the driver needs to plan jobs without loading the model itself."""
         return describe(self.backbone, self.meters)
 
+    def run_timed(self, job: Job) -> tuple[dict, str, float]:
+        """:meth:`run`, and the seconds it took here (the driver subtracts them from its round trip)."""
+        t0 = time.perf_counter()
+        record, status = self.run(job)
+        return record, status, time.perf_counter() - t0
+
     def run(self, job: Job, on_frame: Callable[[], None] | None = None) -> tuple[dict, str]:
         """Make and measure ``job`` (see :func:`~miga.runner.jobs.run_job`); first says which process works
         on it (``runs/DIGEST.worker``)."""
@@ -114,6 +120,7 @@ class Outcome:
     retried: int = 0
     failed: dict = field(default_factory=dict)
     where: str = "in-process"
+    timing: dict = field(default_factory=dict)  # Ray: seconds to connect, to start the workers, per video
 
     def count(self, record: dict, status: str) -> None:
         if status == "done" or status.startswith("identity"):
@@ -246,31 +253,43 @@ class RayPool:
     def __init__(self, spec: WorkerSpec, address: str | None, workers: int | None, limit: int):
         import ray
 
+        t0 = time.perf_counter()
         self.ray, self.started = ray, connect(address)
+        self.timing = {"connect_seconds": time.perf_counter() - t0}
         try:
             threads = spec.threads or 1
             count, resources = worker_count(workers, threads)
             count = max(1, min(count, limit))
             remote = ray.remote(Worker).options(max_restarts=ATTEMPTS, max_task_retries=0, **resources)
             self.spec = WorkerSpec(**{**spec.__dict__, "backbone": None, "threads": threads})
+            t1 = time.perf_counter()
             self.actors = [remote.remote(self.spec) for _ in range(count)]
+            self.model = self._ready()
+            self.timing.update(workers=count, workers_ready_seconds=time.perf_counter() - t1)
         except BaseException:
             self.close()
             raise
 
-    def describe(self) -> dict:
-        """The model as the first worker loaded it (a load error is raised here, in one line)."""
-        from ray.exceptions import RayTaskError
+    def _ready(self) -> dict:
+        """Wait until every worker has loaded the model; a load error is raised here, in one line."""
+        from ray.exceptions import RayActorError, RayTaskError
 
         try:
-            return self.ray.get(self.actors[0].describe.remote())
-        except RayTaskError as exc:
+            return self.ray.get([actor.describe.remote() for actor in self.actors])[0]
+        except (RayTaskError, RayActorError) as exc:
             cause = getattr(exc, "cause", None)
             if isinstance(cause, MigaError):
                 raise MigaError(str(cause)) from None
-            raise MigaError(f"the Ray worker could not load the model: {_cause(exc)}") from None
+            if isinstance(getattr(cause, "cause", None), MigaError):  # raised in the worker's constructor
+                raise MigaError(str(cause.cause)) from None
+            raise MigaError(f"a Ray worker could not load the model: {_cause(exc)}") from None
+
+    def describe(self) -> dict:
+        """The model as the workers loaded it."""
+        return self.model
 
     def close(self) -> None:
+        t0 = time.perf_counter()
         for actor in getattr(self, "actors", []):
             try:
                 self.ray.kill(actor, no_restart=True)
@@ -280,6 +299,8 @@ class RayPool:
         if self.started and self.ray.is_initialized():
             self.ray.shutdown()
         self.started = False
+        if hasattr(self, "timing"):
+            self.timing["close_seconds"] = time.perf_counter() - t0
 
     def run(self, todo, outcome: Outcome, total: int, progress: bool, desc: str) -> None:
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
@@ -290,6 +311,8 @@ class RayPool:
         attempts = {job.digest: 0 for job in todo}
         running: dict = {}  # ref -> (job, actor)
         deaths: dict = {}
+        overheads: list[float] = []  # per video: the driver's round trip less the worker's own time
+        outcome.timing = self.timing
         bar = _bar(total, total - len(todo), desc, progress)
 
         def status():
@@ -301,15 +324,16 @@ class RayPool:
                 while queue and idle:
                     job, actor = queue.pop(0), idle.pop(0)
                     attempts[job.digest] += 1
-                    running[actor.run.remote(job)] = (job, actor)
+                    running[actor.run_timed.remote(job)] = (job, actor, time.perf_counter())
                 status()
                 if not running:
                     break  # no worker left
                 ready, _ = ray.wait(list(running), num_returns=1)
                 for ref in ready:
-                    job, actor = running.pop(ref)
+                    job, actor, sent = running.pop(ref)
                     try:
-                        record, state = ray.get(ref)
+                        record, state, seconds = ray.get(ref)
+                        overheads.append(time.perf_counter() - sent - seconds)
                     except RayTaskError as exc:  # the job raised: it would raise again
                         outcome.failed[job.digest] = f"{job.label}: {_cause(exc)}"
                         bar.update(1)
@@ -336,6 +360,8 @@ class RayPool:
                 outcome.failed[job.digest] = f"{job.label}: no worker left"
         finally:
             bar.close()
+            if overheads:
+                self.timing["per_video_overhead_seconds"] = sum(overheads) / len(overheads)
 
 
 def _cause(exc) -> str:

@@ -290,6 +290,11 @@ def suite_markdown(result: dict) -> str:
         if d in proxies:
             notes.append(f"{h}* proxy: {result['extractors'][d]}.")
     notes.append(f"s/frame: generation wall time per frame on {result['machine']}.")
+    ray = result.get("ray")
+    if ray and "per_video_overhead_seconds" in ray:
+        notes.append(f"Ray: connected in {ray['connect_seconds']:.1f} s, {ray['workers']} worker(s) loaded the model "
+                     f"in {ray['workers_ready_seconds']:.1f} s, {ray['per_video_overhead_seconds'] * 1000:.0f} ms per "
+                     "video beyond the video's own work (scheduling and results).")
     if result.get("vbench_videos"):
         notes.append(f"The videos are also in {result['vbench_videos']}/METHOD/PROMPT-K.mp4 (K: the seed's place in "
                      "--seeds), as VBench's own evaluator names them.")
