@@ -122,19 +122,18 @@ def generate_args(s: Settings, model: str) -> argparse.Namespace:
         raise FieldError(f"--seed: expected an int, got {s.seed!r}", "seed") from None
     args.steps = _optional(s.steps, "steps", 1)
     args.height, args.width = _optional(s.height, "height", 1), _optional(s.width, "width", 1)
-    if s.method == "miga":
-        args.zigzag_width = _optional(s.zigzag_width, "zigzag_width", 1)
-        for name in ("stage2_steps", "guides"):
-            value = getattr(s, name)
-            setattr(args, name, None if value in (None, "") else _whole(value, name, 0))
-        args.stride = _optional(s.stride, "stride", 1)
-        text = (s.reflection_threshold or "").strip()
-        if text:
-            try:
-                args.reflection_threshold = _threshold(text)
-            except argparse.ArgumentTypeError as exc:
-                raise FieldError(f"--reflection-threshold: {exc}", "reflection_threshold") from None
-        args.no_reflection = bool(s.no_reflection)
+    args.zigzag_width = _optional(s.zigzag_width, "zigzag_width", 1)  # given with another method: refused as
+    for name in ("stage2_steps", "guides"):                            # the CLI refuses them
+        value = getattr(s, name)
+        setattr(args, name, None if value in (None, "") else _whole(value, name, 0))
+    args.stride = _optional(s.stride, "stride", 1)
+    text = (s.reflection_threshold or "").strip()
+    if text:
+        try:
+            args.reflection_threshold = _threshold(text)
+        except argparse.ArgumentTypeError as exc:
+            raise FieldError(f"--reflection-threshold: {exc}", "reflection_threshold") from None
+    args.no_reflection = bool(s.no_reflection)
     args.no_progress = True
     return args
 
