@@ -56,6 +56,12 @@ def _scores_frame(scores) -> pd.DataFrame:
     return pd.DataFrame({"latent": [i for i, _ in scores], "score": [s for _, s in scores]})
 
 
+def _zoomed(frame, side: int = 192):
+    """A small frame enlarged (nearest neighbour) to about ``side`` pixels, for the latest-frame view."""
+    k = max(1, side // max(1, min(frame.shape[:2])))
+    return frame.repeat(k, axis=0).repeat(k, axis=1) if k > 1 else frame
+
+
 def _status(name: str, update: jobs.Update) -> str:
     if update.error:
         return f"run {name}: error: {update.error}"
@@ -249,7 +255,7 @@ def build(models_root: str | None, runs_root: str, checkpoint_every: int | None 
                         chunk = jobs.ts_chunk(buffer, fps or 8, os.path.join(chunk_dir, f"{k:05d}.ts"))
                         buffer = []
                     if update.frames:
-                        last = update.frames[-1]
+                        last = _zoomed(update.frames[-1])
                     if update.total:
                         progress((update.done, update.total), desc="frames", unit="frames")
                     yield (_status(job.name, update), chunk if chunk else gr.skip(),

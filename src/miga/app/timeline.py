@@ -39,7 +39,8 @@ def _clean(prompt: str | None) -> str:
 
 def used_rows(rows: list[tuple[str, str]]) -> list[tuple[int, str, str]]:
     """``(row number, start text, prompt)`` of the rows that hold anything (empty rows are skipped)."""
-    return [(i, (s or "").strip(), _clean(p)) for i, (s, p) in enumerate(rows, start=1) if (s or "").strip() or _clean(p)]
+    cleaned = [(i, (s or "").strip(), _clean(p)) for i, (s, p) in enumerate(rows, start=1)]
+    return [(i, s, p) for i, s, p in cleaned if s or p]
 
 
 def to_prompt_file(rows: list[tuple[str, str]], fps: float) -> str:
@@ -95,7 +96,8 @@ def preview_markdown(rows: list[tuple[str, str]], frames: int, fps: float) -> st
         return f"**{exc}**"
     lines = ["| frames | seconds | prompt |", "|---|---|---|"]
     for first, last, prompt in preview(parsed, frames, fps):
-        lines.append(f"| {first}–{last} | {first / fps:.1f}–{(last + 1) / fps:.1f} s | {prompt.replace('|', '/')} |")
+        seconds = f"{first / fps:.1f}–{(last + 1) / fps:.1f} s"
+        lines.append(f"| {first}–{last} | {seconds} | {prompt.replace('|', '/')} |")
     return "\n".join(lines)
 
 
