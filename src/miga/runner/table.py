@@ -182,8 +182,9 @@ def markdown(result: dict) -> str:
     if identity:
         notes.append(_identity_note(identity))
     notes.append("NFE/frame: model calls (each guidance branch counted) per output frame. s/frame: wall time of "
-                 f"generation alone (no encoding, no metrics) on this machine ({result['machine']}). "
-                 "refl. trig./adopt.: self-reflection searches triggered / candidates adopted per video.")
+                 "the video's run (generation, MP4 encoding and checkpoints; not the metrics) on this machine "
+                 f"({result['machine']}). refl. trig./adopt.: self-reflection searches triggered / candidates "
+                 "adopted per video.")
     if any(r["same_runs_as"] for r in rows):
         notes.append("(= row): the same config as that row, so the same runs.")
     return "\n".join(lines + [" ".join(notes), ""])
