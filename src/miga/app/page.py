@@ -267,7 +267,8 @@ def build(models_root: str | None, runs_root: str, checkpoint_every: int | None 
                        gr.Dropdown(choices=names, value=job.name))
             finally:
                 job.stop()  # the page went away (or the job ended): checkpoint and end
-                job.thread.join()
+                if job.thread.ident is not None:
+                    job.thread.join()
                 if key and _SESSIONS.get(key) is job:
                     del _SESSIONS[key]
                 shutil.rmtree(chunk_dir, ignore_errors=True)
