@@ -129,13 +129,13 @@ def test_a_worker_killed_mid_video_is_retried_and_makes_the_same_latents(ray_clu
     from miga.runner.execute import Outcome, RayPool, Worker, WorkerSpec
     from miga.runner.jobs import make_job
 
-    job = make_job("miga", preset("gaussian", "miga"), 0, "drifting clouds", 3, 48, "gaussian",
+    job = make_job("miga", preset("gaussian", "miga"), 0, "drifting clouds", 3, 32, "gaussian",
                    {"height": 32, "width": 32})
     load = {"model": "gaussian", "height": 32, "width": 32}
     out = tmp_path / "killed"
-    spec = WorkerSpec(load, str(out), checkpoint_every=8, frame_delay=0.06)
+    spec = WorkerSpec(load, str(out), checkpoint_every=8, frame_delay=0.05)
     pool = RayPool(spec, None, 2, 2)
-    outcome = Outcome()
+    outcome, raising = Outcome(), Outcome()
     thread = threading.Thread(target=pool.run, args=([job], outcome, 1, False, "suite"))
     try:
         thread.start()
@@ -147,10 +147,15 @@ def test_a_worker_killed_mid_video_is_retried_and_makes_the_same_latents(ray_clu
         killed = json.loads(who.read_text())["pid"]
         os.kill(killed, signal.SIGKILL)
         thread.join(120)
+        # a job that raises (2 frames: too few for the metrics) fails once, with its error, not retried
+        short = make_job("fifo", preset("gaussian", "fifo"), 1, "drifting clouds", 0, 2, "gaussian",
+                         {"height": 32, "width": 32})
+        pool.run([short], raising, 1, False, "suite")
     finally:
         pool.close()
     assert not thread.is_alive()
     assert outcome.failed == {} and outcome.retried == 1 and outcome.made == 1
+    assert raising.retried == 0 and "the VBench metrics need at least 3" in raising.failed[short.digest]
     assert json.loads(who.read_text())["pid"] != killed  # continued by another process
     # the same job uninterrupted, here
     here = tmp_path / "here"
@@ -166,7 +171,7 @@ def test_ablate_on_ray_gives_the_in_process_table(ray_cluster, tmp_path, capsys)
             "--rows", "fifo,miga", "--sweeps", "none", "--prompt", "drifting clouds", "--no-progress"]
     code, here, err = run(capsys, *argv, "--out", tmp_path / "here")
     assert code == 0, err
-    code, there, err = run(capsys, *argv, "--ray", "--out", tmp_path / "ray")
+    code, there, err = run(capsys, *argv, "--ray", "--workers", "1", "--out", tmp_path / "ray")
     assert code == 0, err
     assert json.loads((tmp_path / "ray" / "results.json").read_text())["executor"] == "Ray"
 
@@ -181,7 +186,7 @@ def test_a_tiny_built_in_model_on_ray(ray_cluster, tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# shapes\na red circle bouncing on a blue background\n")
     code, out, err = run(capsys, "suite", prompts, "--model", weights, "--methods", "fifo", "--frames", "8",
-                         "--seeds", "0,1", "--no-progress", "--out", tmp_path / "s")
+                         "--seeds", "0,1", "--workers", "1", "--no-progress", "--out", tmp_path / "s")
     assert code == 0, err
     result = results(tmp_path / "s")
     assert result["executor"] == "Ray" and result["made"] == 2 and len(result["per_prompt"]) == 1
@@ -252,6 +257,7 @@ def test_bad_suite_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, ar
     (["generate", "a cat", "--model", "gaussian", "--frames", "4", "--preview", "/proc/x.png"], "/proc"),
     (["generate", "a cat", "--model", "gaussian", "--frames", "4", "--save-latents", "/proc/x.safetensors"], "/proc"),
     (["generate", "a cat", "--model", "gaussian", "--frames", "4", "--out", "/proc/x.mp4"], "/proc"),
+    (["generate", "a cat", "--model", "gaussian", "--frames", "4", "--run-dir", "/proc/x"], "/proc"),
     (["eval", "{video}", "--json", "/proc/x.json"], "/proc"),
     (["eval", "{video}", "--plot", "/proc/x.png"], "/proc"),
     (["bench", "--json", "/proc/x.json"], "/proc"),

@@ -219,7 +219,7 @@ def run_table(args, rows: Sequence[Row], backbone=None) -> int:
     for p in prompts:  # a prompt the model refuses fails before any run
         backbone.encode_prompt(p)
     spec = WorkerSpec(load, args.out, args.dino, args.clip, args.amt, args.threads, backbone=backbone)
-    meters = make_meters(spec, backbone)
+    meters = spec.meters = make_meters(spec, backbone)
     size = {"height": args.height, "width": args.width}
     preset_name = backbone.default_preset
     model_id = model_identity(args.model)

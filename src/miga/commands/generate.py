@@ -114,8 +114,10 @@ def add_arguments(parser) -> None:
 def _outputs(args) -> str | None:
     """Check every output path before any work; return the ``--save-latents`` file (or None)."""
     from miga.preview import check_preview_path
-    from miga.video import check_writable
+    from miga.video import check_new_folder, check_writable
 
+    if args.run_dir is not None:
+        check_new_folder(args.run_dir, "--run-dir")
     if not args.out.lower().endswith(".mp4"):
         raise MigaError(f"--out must name an .mp4 file, got {args.out}")
     for path in (args.out, args.stats):

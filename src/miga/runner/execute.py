@@ -38,6 +38,7 @@ class WorkerSpec:
     checkpoint_every: int | None = None
     frame_delay: float = 0.0
     backbone: object = field(default=None, compare=False, repr=False)  # in-process: an already loaded one
+    meters: object = field(default=None, compare=False, repr=False)  # and its extractors
 
 
 def make_meters(spec: WorkerSpec, backbone) -> Meters:
@@ -77,7 +78,7 @@ class Worker:
             from miga.pipeline import load_backbone
 
             self.backbone = load_backbone(**spec.load)
-        self.meters = make_meters(spec, self.backbone)
+        self.meters = spec.meters if spec.meters is not None else make_meters(spec, self.backbone)
 
     def names(self) -> dict:
         return self.meters.names
@@ -261,7 +262,7 @@ class RayPool:
             count, resources = worker_count(workers, threads)
             count = max(1, min(count, limit))
             remote = ray.remote(Worker).options(max_restarts=ATTEMPTS, max_task_retries=0, **resources)
-            self.spec = WorkerSpec(**{**spec.__dict__, "backbone": None, "threads": threads})
+            self.spec = WorkerSpec(**{**spec.__dict__, "backbone": None, "meters": None, "threads": threads})
             t1 = time.perf_counter()
             self.actors = [remote.remote(self.spec) for _ in range(count)]
             self.model = self._ready()
