@@ -32,7 +32,7 @@ COMPARE_DESCRIPTION = (
 
 def add_ray_arguments(parser) -> None:
     """``--ray [ADDRESS]`` and ``--workers N``: run the videos on Ray."""
-    parser.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS", help="run the videos on Ray: "
+    parser.add_argument("--ray", nargs="?", const="", metavar="ADDRESS", help="run the videos on Ray: "
                         "a local cluster of this machine (no ADDRESS), 'auto' (the cluster this node belongs to) or "
                         "HOST:PORT / ray://HOST:PORT (RAY_ADDRESS is used when set); needs pip install "
                         "\"miga-video[cluster]\"")
@@ -178,7 +178,7 @@ def ray_choice(args) -> tuple[bool, str | None]:
 
     if not ray_available():
         raise MigaError(f"--ray needs Ray, which is not installed; {RAY_HINT}")
-    return True, args.ray
+    return True, args.ray or None  # no ADDRESS: RAY_ADDRESS, else a local cluster
 
 
 def run_table(args, rows: Sequence[Row], backbone=None) -> int:
