@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 
 import gradio as gr
 import pandas as pd
@@ -14,7 +15,8 @@ from miga.app import jobs, paths, settings, timeline
 from miga.errors import MigaError
 
 MAX_ROWS = 8
-CHUNK_SECONDS = 1.0
+CHUNK_SECONDS = 1.0  # video per streamed chunk
+PLOT_EVERY = 1.0  # seconds between redraws of the score plot
 RUN_COLUMNS = ["run", "status", "model", "method", "frames", "seed", "prompts"]
 EXAMPLE = [("0", "a red circle bouncing on a blue background"), ("", "")]
 _SESSIONS: dict[str, jobs.Job] = {}
@@ -242,7 +244,7 @@ def build(models_root: str | None, runs_root: str, checkpoint_every: int | None 
                 _SESSIONS[key] = job
             chunk_dir = tempfile.mkdtemp(prefix="miga-app-chunks-")
             buffer, last, k = [], None, 0
-            fps = None
+            fps, plotted = None, (0, 0.0)  # scores plotted, when
             try:
                 job.begin()
                 for update in job.updates():
@@ -258,9 +260,13 @@ def build(models_root: str | None, runs_root: str, checkpoint_every: int | None 
                         last = _zoomed(update.frames[-1])
                     if update.total:
                         progress((update.done, update.total), desc="frames", unit="frames")
+                    plot_now = len(update.scores) > plotted[0] and (
+                        update.finished or time.monotonic() - plotted[1] >= PLOT_EVERY)
+                    if plot_now:
+                        plotted = (len(update.scores), time.monotonic())
                     yield (_status(job.name, update), chunk if chunk else gr.skip(),
                            last if update.frames else gr.skip(),
-                           _scores_frame(update.scores) if update.scores else gr.skip(),
+                           _scores_frame(update.scores) if plot_now else gr.skip(),
                            gr.skip(), gr.skip())
                 names = [info.name for info in jobs.list_runs(runs_root)]
                 yield (gr.skip(), gr.skip(), gr.skip(), gr.skip(), _run_table(runs_root),
