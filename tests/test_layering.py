@@ -168,3 +168,21 @@ def test_the_runner_imports_no_command_nor_the_cli(name):
 def test_the_cli_dispatches_to_commands_only():
     assert [m for m in EDGES["miga.cli"] if not under(m, "miga.commands", "miga.common", "miga.errors",
                                                         "miga.app")] == []
+
+
+def test_the_app_uses_only_public_names_below_it():
+    """``miga.app`` sits beside the commands: it may use ``miga.commands.generate``'s public helpers, never the CLI
+    or another module's private names (which may change without notice)."""
+    bad = []
+    for name, path in all_modules().items():
+        if not name.startswith("miga.app"):
+            continue
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("miga."):
+                if node.module.startswith("miga.app"):
+                    continue
+                if node.module == "miga.cli":
+                    bad.append(f"{name}: miga.cli")
+                bad += [f"{name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    assert bad == []
+    assert "miga.app.settings" in all_modules()

@@ -199,6 +199,7 @@ class VideoRun:
         self.tags = {LATENTS_TAG: record["latents_tag"]} if "latents_tag" in record else {}
         self.seconds = 0.0  # generation time over all sessions, once generate() returns
         self.frames_done = 0  # frames in the video and the open segment
+        self._on_frame = self._on_image = None  # generate()'s callbacks
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -337,11 +338,13 @@ class VideoRun:
 
     # ------------------------------------------------------------------ generation
     def generate(self, on_frame: Callable[[], None] | None = None, stop: Callable[[], bool] | None = None,
-                 on_start: Callable[[int], None] | None = None) -> bool:
+                 on_start: Callable[[int], None] | None = None,
+                 on_image: Callable[[Any], None] | None = None) -> bool:
         """Generate from the last checkpoint to the end: True when the video is complete (``OUT`` written),
         False when ``stop()`` said so (checked between passes and latents; a checkpoint was taken).
         ``on_start(frames)`` is called once the checkpoint is loaded, with the frames it already holds;
-        ``on_frame`` once per frame made after them (:attr:`frames_done` counts them all)."""
+        ``on_frame`` once per frame made after them (:attr:`frames_done` counts them all), ``on_image(frame)``
+        likewise with the frame (``[H, W, 3]`` uint8)."""
         from miga.evaluation.latents import LatentWriter
         from miga.mp4frag import FragmentedMP4
 
@@ -372,7 +375,7 @@ class VideoRun:
             self._segment, self._segment_latent = None, int(outputs["segment_latent"])
             self._previous_seconds, self._t0 = float(outputs["seconds"]), time.perf_counter()
             self.frames_done = self._mp4.frames
-            self._on_frame = on_frame
+            self._on_frame, self._on_image = on_frame, on_image
             if on_start is not None:
                 on_start(self.frames_done)
             try:
@@ -430,6 +433,8 @@ class VideoRun:
                                                                   **self.tags))
         self._segment.write(frame)
         self.frames_done += 1
+        if self._on_image is not None:
+            self._on_image(frame)
         if self._on_frame is not None:
             self._on_frame()
 

@@ -20,17 +20,6 @@ VIDEO = "video.mp4"
 SHEET = "contact_sheet.png"
 
 
-class _AppRun(VideoRun):
-    """A :class:`VideoRun` that hands each new frame to ``on_frame(frame)``."""
-
-    def _emit(self, frame) -> None:
-        before = self.frames_done
-        self._frame = frame
-        super()._emit(frame)
-        if self.frames_done == before:  # past the end: not a frame of the video
-            self._frame = None
-
-
 @dataclass
 class Update:
     """What the page shows: new frames since the last update, the run's counters and its end."""
@@ -50,7 +39,7 @@ class Job:
 
     def __init__(self, run_dir: str, start):
         self.run_dir, self.name = run_dir, os.path.basename(run_dir)
-        self._start = start  # () -> _AppRun, called in the thread
+        self._start = start  # () -> VideoRun, called in the thread
         self.stop_event = threading.Event()
         self._queue: queue.Queue = queue.Queue()
         self.done = self.total = self.first = 0
@@ -79,12 +68,11 @@ class Job:
                 self._t0 = time.perf_counter()
                 self._queue.put(None)
 
-            def frame() -> None:
+            def frame(image) -> None:
                 self.done = run.frames_done
-                if run._frame is not None:
-                    self._queue.put(run._frame)
+                self._queue.put(image)
 
-            self.complete = run.generate(on_frame=frame, stop=self.stop_event.is_set, on_start=started)
+            self.complete = run.generate(on_image=frame, stop=self.stop_event.is_set, on_start=started)
             self.seconds = run.seconds
             if self.complete:
                 _write_sheet(run)
@@ -166,7 +154,7 @@ def start_new(plan, runs_root: str, name: str, checkpoint_every: int | None = No
             bb = settings.backbone(plan.model, args.height, args.width)
             video = settings.build_video(args, bb)
         load = {"model": plan.model, "height": args.height, "width": args.width, "device": None, "dtype": None}
-        return _AppRun.create(video, folder, args.out, checkpoint_every=checkpoint_every, load=load,
+        return VideoRun.create(video, folder, args.out, checkpoint_every=checkpoint_every, load=load,
                               cli=settings.recorded_options(args))
 
     return Job(folder, start)
@@ -179,7 +167,7 @@ def start_resume(runs_root: str, name: str) -> Job:
         raise MigaError(f"run {name!r} is not a run under {runs_root}")
     if name in _ACTIVE:
         raise MigaError(f"run {name!r} is generating already")
-    return Job(folder, lambda: _AppRun.resume(folder))
+    return Job(folder, lambda: VideoRun.resume(folder))
 
 
 def _write_sheet(run) -> None:

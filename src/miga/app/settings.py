@@ -100,7 +100,7 @@ def _optional(value, name: str, minimum: int) -> int | None:
 
 def generate_args(s: Settings, model: str) -> argparse.Namespace:
     """``miga generate``'s options for the settings (its parser's defaults for the rest)."""
-    from miga.commands.generate import _threshold, add_arguments
+    from miga.commands.generate import add_arguments, parse_threshold
     from miga.common import ArgParser
 
     parser = ArgParser(prog="miga generate")
@@ -130,7 +130,7 @@ def generate_args(s: Settings, model: str) -> argparse.Namespace:
     text = (s.reflection_threshold or "").strip()
     if text:
         try:
-            args.reflection_threshold = _threshold(text)
+            args.reflection_threshold = parse_threshold(text)
         except argparse.ArgumentTypeError as exc:
             raise FieldError(f"--reflection-threshold: {exc}", "reflection_threshold") from None
     args.no_reflection = bool(s.no_reflection)
@@ -201,12 +201,12 @@ def _check_prompts(bb, rows) -> None:
 
 def build_video(args, bb):
     """The :class:`~miga.pipeline.LongVideo` of checked options (``miga generate``'s config rules)."""
-    from miga.commands.generate import _config
+    from miga.commands.generate import config_from_args
     from miga.pipeline import LongVideo
 
     try:
         args.run_dir = args.run_dir or "app"  # a run: full-sequence methods are refused as the CLI does
-        config = _config(args, bb)
+        config = config_from_args(args, bb)
         return LongVideo(bb, args.schedule, args.frames, config, seed=args.seed)
     except MigaError as exc:
         raise FieldError(str(exc), field_of(str(exc))) from None

@@ -27,7 +27,7 @@ DESCRIPTION = ("Generate a long video. Frames are written as they finish; the fi
                "the run completes.")
 
 
-def _threshold(text: str):
+def parse_threshold(text: str):
     """``--reflection-threshold``: ``auto`` (calibrated on the video's own scores) or a number >= 0."""
     if text == "auto":
         return text
@@ -94,7 +94,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--stride", type=number(), metavar="S", help="sliding-window stride s")
     parser.add_argument("--guide-selection", choices=("uniform", "nearest"))
     parser.add_argument("--stage2-mode", choices=("stream", "batch"))
-    parser.add_argument("--reflection-threshold", type=_threshold, metavar="D", help="delta_adju: a score drop larger "
+    parser.add_argument("--reflection-threshold", type=parse_threshold, metavar="D", help="delta_adju: a score drop larger "
                         "than D triggers a search; 'auto': a drop unusual for this video's own scores (the same meaning "
                         "on every backbone)")
     parser.add_argument("--reflect-during", choices=("all", "fill"), help="self-reflection on every Stage-1 pass "
@@ -128,7 +128,8 @@ def _outputs(args) -> str | None:
     return _latents_path(args)
 
 
-def _config(args, backbone):
+def config_from_args(args, backbone):
+    """The method config ``miga generate`` runs for its parsed ``args`` on ``backbone`` (also used by ``miga app``)."""
     from miga.config import FIFOConfig, preset
 
     if args.method in FULL_SEQUENCE:
@@ -273,7 +274,7 @@ def _generate(args, t0: float) -> int:
     prompts = getattr(args, "schedule", None) or _prompts(args)
     backbone = load_backbone(args.model, height=args.height, width=args.width, device=args.device,
                              dtype=args.dtype, **_diffusers_options(args))
-    config = _config(args, backbone)
+    config = config_from_args(args, backbone)
     video = LongVideo(backbone, prompts, args.frames, config, seed=args.seed)
     _explain_frame_rounding(video, args.frames)
     memory = None
