@@ -51,3 +51,19 @@ def test_an_unsupported_or_unknown_method_is_refused_in_one_line(tmp_path, capsy
                            tmp_path / "x", "--no-progress")
         assert code == 2 and message in err and err.count("\n") == 1, err
         assert not (tmp_path / "x").exists()
+
+
+def test_a_full_sequence_method_that_cannot_fit_is_refused_before_any_run_unless_forced(tmp_path, capsys,
+                                                                                         v2_path, monkeypatch):
+    from miga.baselines import methods
+
+    monkeypatch.setattr(methods, "available_bytes", lambda device: 1000)
+    out = tmp_path / "cmp"
+    argv = ("compare", "--model", v2_path, "--methods", "fifo,freelong", "--frames", "20", "--seeds", "0",
+            "--prompt", "a red circle bouncing on a blue background", "--out", out, "--no-progress")
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "row freelong:" in err and "GiB at its peak" in err and "--force" in err, err
+    assert err.count("\n") == 1 and not out.exists()
+    code, _, err = run(capsys, *argv, "--force")
+    assert code == 0, err
+    assert json.loads((out / "results.json").read_text())["runs"] == 2

@@ -48,6 +48,8 @@ def add_arguments(parser, command: str = "ablate") -> None:
     if command == "compare":
         parser.add_argument("--methods", metavar="LIST", help=f"comma-separated: {', '.join(COMPARE_METHODS)} "
                             "(default: every one the model supports)")
+        parser.add_argument("--force", action="store_true", help="run FreeNoise, FreeLong and FreePCA even when their "
+                            "estimated peak memory at --frames exceeds this machine's free memory")
     else:
         _add_ablation_arguments(parser)
     _add_common_arguments(parser)
@@ -159,6 +161,24 @@ def plan(rows: Sequence[Row], preset_name: str, native_frames: int, prompts: Seq
     return configs, merge(jobs)
 
 
+def check_full_sequence_memory(backbone, configs: dict, frames: int, prompt: str, *, force: bool = False) -> None:
+    """Refuse (one line, before any run) a full-sequence method (FreeNoise, FreeLong, FreePCA) whose estimated peak
+    at ``frames`` exceeds this machine's free memory, as ``miga generate`` does, unless ``force`` (``--force``)."""
+    from miga.pipeline import is_full_sequence, latents_for_frames
+
+    full = {key: cfg for key, cfg in configs.items() if is_full_sequence(cfg)}
+    if not full:
+        return
+    from miga.baselines.methods import check_memory
+
+    cond, latents = backbone.encode_prompt(prompt), latents_for_frames(backbone, frames)
+    for key, cfg in full.items():
+        try:
+            check_memory(backbone, cfg, latents, cond, force=force)
+        except MigaError as exc:
+            raise MigaError(f"row {key}: {exc} (--force runs every row anyway)") from None
+
+
 def check_outputs(out: str) -> None:
     """The output folder and the files the table goes to, before any work (missing parents are created)."""
     from miga.common import check_output
@@ -225,6 +245,7 @@ def run_table(args, rows: Sequence[Row], backbone=None) -> int:
     model_id = model_identity(args.model)
     configs, jobs = plan(rows, preset_name, backbone.native_frames, prompts, seeds, args.frames, model_id, size,
                          args.window_batch)
+    check_full_sequence_memory(backbone, configs, args.frames, prompts[0], force=getattr(args, "force", False))
     os.makedirs(args.out, exist_ok=True)
     command = "miga " + shlex.join(getattr(args, "argv", None) or sys.argv[1:])
     try:
