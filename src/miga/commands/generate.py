@@ -66,8 +66,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--method", choices=METHODS, default="miga", help="miga (default), fifo, scalingnoise (FIFO "
                         "with a beam search over each new tail noise, k=5 candidates, m=3 beams: about 4-5x FIFO's model "
                         "calls; every model), or a full-sequence baseline: freenoise, freelong, freepca (all frames "
-                        "denoised together, memory grows with --frames; models with temporal attention only: "
-                        "VideoCrafter2, UNet3D, built-in model v2)")
+                        "denoised together, memory grows with --frames; models with temporal attention: "
+                        "VideoCrafter2, UNet3D, built-in model v2; freenoise also Wan2.1/SkyReels as window fusion)")
     parser.add_argument("--dino", metavar="PATH", help="scalingnoise: DINO ViT-B/16 for its reward, a transformers folder "
                         "(config.json and model.safetensors, e.g. facebook/dino-vitb16); default: the offline proxy "
                         "extractor (miga eval's), labelled as a proxy in --stats")

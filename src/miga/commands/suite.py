@@ -201,7 +201,7 @@ def _recorded_model(out: str, model_id: str) -> dict | None:
 def _run(args, kind, entries, methods, seeds, model, local, start_pool, t0) -> int:
     import torch
 
-    from miga.runner.execute import Outcome
+    from miga.runner.execute import Outcome, run_here
     from miga.runner.jobs import finished, make_job, merge
     from miga.runner.table import suite_markdown, suite_table
     from miga.video import atomic_write_text
@@ -232,7 +232,7 @@ def _run(args, kind, entries, methods, seeds, model, local, start_pool, t0) -> i
         if pool is not None:
             pool.run(todo, outcome, len(jobs), not args.no_progress, "suite")
         elif todo:
-            _run_here(local, todo, outcome, len(jobs), not args.no_progress, "suite")
+            run_here(local, todo, outcome, len(jobs), not args.no_progress, "suite")
     except KeyboardInterrupt:
         print(f"miga: interrupted; finished videos are kept in {os.path.join(args.out, 'runs')}, unfinished ones at "
               "their last checkpoint; run the same command to continue", file=sys.stderr)
@@ -265,21 +265,6 @@ def _run(args, kind, entries, methods, seeds, model, local, start_pool, t0) -> i
             print(f"miga: failed: {line}", file=sys.stderr)
         return 1
     return 0
-
-
-def _run_here(worker, todo, outcome, total: int, progress: bool, desc: str) -> None:
-    from miga.runner.execute import _bar
-
-    bar = _bar(total, total - len(todo), desc, progress)
-    try:
-        for job in todo:
-            bar.set_postfix_str(job.label)
-            record, status = worker.run(job)
-            outcome.records[job.digest] = record
-            outcome.count(record, status)
-            bar.update(1)
-    finally:
-        bar.close()
 
 
 def _vbench_names(out: str, entries, seeds, jobs, records) -> str | None:

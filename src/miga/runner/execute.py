@@ -151,11 +151,17 @@ def execute(jobs: Sequence[Job], spec: WorkerSpec, *, ray_address: str | None = 
 
 
 def _execute_here(jobs: Sequence[Job], spec: WorkerSpec, progress: bool, desc: str) -> Outcome:
-    worker = Worker(spec)
     outcome = Outcome()
-    bar = _bar(len(jobs), 0, desc, progress)
+    run_here(Worker(spec), jobs, outcome, len(jobs), progress, desc)
+    return outcome
+
+
+def run_here(worker, todo: Sequence[Job], outcome: Outcome, total: int, progress: bool, desc: str) -> None:
+    """Run ``todo`` one after another on ``worker`` in this process, into ``outcome``, with a bar over ``total``
+    (the jobs already done count as done)."""
+    bar = _bar(total, total - len(todo), desc, progress)
     try:
-        for job in jobs:
+        for job in todo:
             bar.set_postfix_str(job.label)
             record, status = worker.run(job)
             outcome.records[job.digest] = record
@@ -163,7 +169,6 @@ def _execute_here(jobs: Sequence[Job], spec: WorkerSpec, progress: bool, desc: s
             bar.update(1)
     finally:
         bar.close()
-    return outcome
 
 
 # ---------------------------------------------------------------------------------------------------- Ray
