@@ -68,5 +68,8 @@ def run(args) -> int:
     if not is_loopback(args.host):
         print(f"miga: listening on {args.host}, not loopback: anyone who can reach port {args.port} can generate "
               f"and download the runs in {args.runs}", file=sys.stderr)
-    launch(demo, args.runs, args.host, None if args.port == 7860 else args.port)
+    _, url, _ = launch(demo, args.runs, args.host, None if args.port == 7860 else args.port, quiet=True,
+                       prevent_thread_lock=True)
+    print(f"miga app: open {url} (runs in {args.runs}; Ctrl-C stops)", file=sys.stderr)
+    demo.block_thread()
     return 0
