@@ -114,6 +114,9 @@ class _Adapter:
                 stack: contextlib.ExitStack) -> None:
         raise NotImplementedError
 
+    def check(self, net: nn.Module, policy: AttentionPolicy) -> None:
+        """Refuse (one line) a policy this kind of network cannot take; every policy by default."""
+
 
 class _ToyAdapter(_Adapter):
     """Model v2: ``TemporalSelfAttention.policy(q, k, v, bias)``."""
@@ -355,8 +358,7 @@ def attention_policy(target: Any, policy: Optional[AttentionPolicy]) -> Iterator
         return
     net = temporal_attention_network(target)
     adapter = _adapter(net)
-    if isinstance(adapter, _Full3DAdapter):
-        adapter.check(net, policy)
+    adapter.check(net, policy)
     layers = adapter.layers(net)
     if not layers:
         raise MigaError(NO_TEMPORAL_ATTENTION.format(model=type(net).__name__))
