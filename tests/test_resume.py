@@ -349,3 +349,21 @@ def test_the_bar_says_what_it_waits_for_and_a_resume_where_it_resumes(tmp_path, 
     code, _, err = run(capsys, *argv)  # complete: says so rather than "wrote"
     assert code == 0 and "complete already" in err and "wrote" not in err, err
     assert os.path.getsize(tmp_path / "w.mp4") > 0
+
+
+def test_a_model_given_by_a_relative_path_resumes_from_another_folder(tmp_path, capsys, monkeypatch):
+    from toy_helpers import tiny_v2_weights
+
+    work = tmp_path / "work"
+    work.mkdir()
+    tiny_v2_weights(str(work / "w.safetensors"))
+    monkeypatch.chdir(work)
+    code, _, err = run(capsys, "generate", "a red circle", "--model", "w.safetensors", "--method", "fifo",
+                       "--frames", "8", "--run-dir", "r", "--out", "v.mp4", "--no-progress")
+    assert code == 0, err
+    record = json.loads((work / "r" / "run.json").read_text())
+    # everything that rebuilds the model on resume names it by its absolute path
+    assert record["cli"]["model"] == record["load"]["model"] == str(work / "w.safetensors")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "generate", "--resume", "work/r", "--no-progress")
+    assert code == 0, err

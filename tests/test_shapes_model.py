@@ -8,7 +8,7 @@ import torch
 
 import miga
 from miga import cli
-from miga.backbones.shapes import WEIGHTS_SHA256, file_sha256, shipped_weights
+from miga.backbones.shapes import SHIPPED, file_sha256, shipped_weights
 from miga.config import preset
 from miga.engine.schedules import Schedule
 from miga.pipeline import native_clip
@@ -22,10 +22,20 @@ def model():
     return miga.load_backbone("shapes")
 
 
-def test_shipped_file_is_small_and_matches_its_checksum():
-    path = shipped_weights()
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_files_are_small_and_match_their_checksums(name):
+    path = shipped_weights(name)
     assert os.path.getsize(path) <= 20 * 2 ** 20
-    assert len(WEIGHTS_SHA256) == 64 and file_sha256(path) == WEIGHTS_SHA256
+    assert len(SHIPPED[name].sha256) == 64 and file_sha256(path) == SHIPPED[name].sha256
+
+
+def test_a_corrupt_shipped_file_is_refused(tmp_path, monkeypatch):
+    bad = tmp_path / "weights"
+    bad.mkdir()
+    (bad / SHIPPED["shapes"].file).write_bytes(open(shipped_weights(), "rb").read()[:-1] + b"x")
+    monkeypatch.setattr("miga.backbones.shapes.shipped_weights", lambda name="shapes": str(bad / SHIPPED[name].file))
+    with pytest.raises(miga.MigaError, match="corrupt"):
+        miga.load_backbone("shapes")
 
 
 def test_shipped_file_records_its_training(model):

@@ -277,3 +277,19 @@ def test_every_output_path_is_checked_before_any_work(tmp_path, capsys, argv, ne
     assert time.perf_counter() - t0 < 10
     one_line(code, err, needle)
     assert not out.exists() and not os.path.exists(str(out) + ".partial")
+
+
+def test_the_suite_gives_scalingnoise_the_dino_of_its_metric(tmp_path, capsys):
+    """``--dino`` is both the S.C. embedder and ScalingNoise's reward embedder, as in ``miga ablate``."""
+    tf = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    vit = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=224)
+    tf.ViTModel(tf.ViTConfig(patch_size=16, **vit), add_pooling_layer=False).save_pretrained(tmp_path / "dino")
+    code, _, err = run(capsys, "suite", "vbench", "--model", "gaussian", "--height", "32", "--width", "32",
+                       "--frames", "8", "--dimension", "color", "--count", "1", "--methods", "scalingnoise",
+                       "--dino", tmp_path / "dino", "--in-process", "--no-progress", "--out", tmp_path / "s")
+    assert code == 0, err
+    from miga.commands.suite import SUITE_FILE
+
+    decides = json.loads((tmp_path / "s" / SUITE_FILE).read_text())["decides"]
+    assert decides["configs"]["scalingnoise"]["dino"] == str(tmp_path / "dino")

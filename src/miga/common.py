@@ -79,14 +79,14 @@ def check_output(path: str | None, suffix: str | None = None, flag: str = "") ->
 
 def model_identity(model: str) -> str:
     """What makes a model's videos reproducible: the name of a weight-free world, or the SHA-256 of a
-    weights file (the shipped one for ``shapes``)."""
-    if model == "shapes" or model.endswith(".safetensors"):
-        from miga.backbones.shapes import file_sha256, shipped_weights
+    weights file (the shipped one for a built-in shapes model)."""
+    from miga.backbones.shapes import SHIPPED, file_sha256, shipped_weights
 
-        path = shipped_weights() if model == "shapes" else model
+    if model in SHIPPED or model.endswith(".safetensors"):
+        path = shipped_weights(model) if model in SHIPPED else model
         if not os.path.isfile(path):
             return model  # load_backbone reports the missing file
-        return f"{model if model == 'shapes' else 'file'}:sha256={file_sha256(path)}"
+        return f"{model if model in SHIPPED else 'file'}:sha256={file_sha256(path)}"
     return model
 
 

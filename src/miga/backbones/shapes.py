@@ -1,7 +1,7 @@
-"""The built-in model: a tiny text-to-video model of the shapes world, trained by us (``miga train-toy``).
+"""The built-in models: tiny text-to-video models of the shapes world, trained by us (``miga train-toy``).
 
-Its weights ship inside the package (``miga/weights/shapes.safetensors``); the file's SHA-256 is checked
-on load. Prompts follow the shapes grammar (``miga.worlds.shapes``); anything else is refused with the
+Their weights ship inside the package (``miga/weights/``, one file per name in :data:`SHIPPED`); a file's
+SHA-256 is checked on load. Prompts follow the shapes grammar (``miga.worlds.shapes``); anything else is refused with the
 vocabulary. The denoiser predicts the rectified-flow velocity and accepts one timestep per frame although
 it was trained with one per clip, exactly the training-inference gap of Wan and VideoCrafter2.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from importlib import resources
 from typing import Sequence
 
@@ -24,14 +25,31 @@ from miga.errors import MigaError
 from miga.toy.nets import FrameAutoencoder, ToyConfig, make_denoiser
 from miga.worlds.shapes import parse_prompt
 
-WEIGHTS_FILE = "shapes.safetensors"
-WEIGHTS_SHA256 = "5fe9630c88a0850deadfd35c0efcc52dbd0eafab6004a059f6cebede46e47ee1"
-"""SHA-256 of the shipped weights file (``tests/test_shapes_model.py`` checks it)."""
+@dataclass(frozen=True)
+class ShippedWeights:
+    """One built-in model: its name (``--model NAME``), its file in ``miga/weights/``, the file's SHA-256
+    (``tests/test_shapes_model.py`` checks it) and what it is, one line."""
+
+    name: str
+    file: str
+    sha256: str
+    summary: str
 
 
-def shipped_weights() -> str:
-    """Path of the weights file inside the installed package."""
-    return str(resources.files("miga") / "weights" / WEIGHTS_FILE)
+SHIPPED = {w.name: w for w in (
+    ShippedWeights("shapes", "shapes-v1.safetensors",
+                   "5fe9630c88a0850deadfd35c0efcc52dbd0eafab6004a059f6cebede46e47ee1",
+                   "model v1 (convolutional denoiser), the default until v2 ships"),
+    ShippedWeights("shapes-v1", "shapes-v1.safetensors",
+                   "5fe9630c88a0850deadfd35c0efcc52dbd0eafab6004a059f6cebede46e47ee1",
+                   "model v1: convolutional denoiser, trained with one noise level per clip, no hidden attributes"),
+)}
+"""The built-in shapes models by name; ``shapes`` is the default model of ``miga generate``."""
+
+
+def shipped_weights(name: str = "shapes") -> str:
+    """Path of a built-in model's weights file inside the installed package."""
+    return str(resources.files("miga") / "weights" / SHIPPED[name].file)
 
 
 def file_sha256(path: str) -> str:
@@ -72,11 +90,13 @@ class ShapesModel:
 
     def __init__(self, weights: str | None = None, *, device: str | torch.device = "cpu",
                  verify: bool = True, shift: float = 1.0):
-        path = weights or shipped_weights()
+        """``weights``: a built-in name (:data:`SHIPPED`, default ``shapes``) or a weights file."""
+        builtin = SHIPPED.get(weights or "shapes")
+        path = shipped_weights(builtin.name) if builtin else weights
         if not os.path.isfile(path):
-            hint = "reinstall miga-video" if weights is None else "check the path, or make one with 'miga train-toy'"
+            hint = "reinstall miga-video" if builtin else "check the path, or make one with 'miga train-toy'"
             raise MigaError(f"weights file {path} not found; {hint}")
-        if verify and weights is None and WEIGHTS_SHA256 and file_sha256(path) != WEIGHTS_SHA256:
+        if verify and builtin and file_sha256(path) != builtin.sha256:
             raise MigaError(f"{path} is corrupt (SHA-256 mismatch); reinstall miga-video")
         from safetensors import safe_open
 
@@ -136,19 +156,20 @@ def _is_shapes_weights(path: str) -> bool:
 
 def load_shapes(model: str = "shapes", *, height: int | None = None, width: int | None = None,
                 device: str | None = None, dtype: str | None = None, **kwargs) -> ShapesModel:
-    """``shapes`` (the shipped weights) or a ``.safetensors`` file from ``miga train-toy``."""
+    """A built-in name (:data:`SHIPPED`) or a ``.safetensors`` file from ``miga train-toy``."""
     from miga.backbones.unet3d import model_file_error
 
     size = builtin_options(model, height, width, dtype)
-    problem = None if model == "shapes" else model_file_error(model)
+    problem = None if model in SHIPPED else model_file_error(model)
     if problem:
         raise MigaError(problem)
     if size and size != {"height": 64, "width": 64}:
         raise MigaError("the shapes model makes 64x64 frames; leave out --height/--width")
-    return ShapesModel(None if model == "shapes" else model, device=device or "cpu", **kwargs)
+    return ShapesModel(model, device=device or "cpu", **kwargs)
 
 
 KIND = BackboneKind(
-    name="shapes", summary="the built-in shapes-world model (64x64 frames, prompts in the shapes grammar)",
-    needs="nothing (built in); or a .safetensors weights file from 'miga train-toy'", names=("shapes",),
+    name="shapes", summary="the built-in shapes-world models (64x64 frames, prompts in the shapes grammar): "
+    + "; ".join(f"{w.name}: {w.summary}" for w in SHIPPED.values()),
+    needs="nothing (built in); or a .safetensors weights file from 'miga train-toy'", names=tuple(SHIPPED),
     recognises_path=lambda path: path.endswith(".safetensors") and _is_shapes_weights(path), load=load_shapes)

@@ -136,7 +136,7 @@ def compare(args) -> int:
             continue
         supported.append(row)
     if args.dino:  # ScalingNoise's reward uses the same DINO as the S.C. metric
-        supported = [Row(r.key, r.label, r.group, lambda p, make=r.make: make(p).with_(dino=args.dino))
+        supported = [Row(r.key, r.label, r.group, lambda p, make=r.make: make(p).with_(dino=os.path.abspath(args.dino)))
                      if r.key == "scalingnoise" else r for r in supported]
     return run_table(args, supported, backbone=backbone)
 

@@ -229,7 +229,9 @@ def _diffusers_options(args) -> dict:
     """``--window-latents``/``--model-batch``, which only diffusers models take."""
     given = {k: v for k, v in (("window_latents", args.window_latents), ("model_batch", args.model_batch),
                                ("ddim_rescale", args.ddim_rescale or None)) if v is not None}
-    if given and (args.model in ("shapes", "gaussian", "gaussian-clip") or args.model.endswith(".safetensors")):
+    from miga.backbones.registry import builtin_names
+
+    if given and (args.model in builtin_names() or args.model.endswith(".safetensors")):
         flag = "--" + next(iter(given)).replace("_", "-")
         raise MigaError(f"{flag} applies to diffusers models (a Wan2.1, SkyReels-V2, UNet3D or VideoCrafter2 "
                         f"model), not {args.model}")
@@ -257,6 +259,7 @@ def run(args) -> int:
         args = _resume_args(args)
     elif args.checkpoint_every is not None and args.run_dir is None:
         raise MigaError("--checkpoint-every needs --run-dir DIR (checkpoints are kept there)")
+    args.model = _absolute_model(args.model)
     threads = None  # a run continued: with its own torch thread count, from the prompts' encoding on
     if args.run_dir is not None and os.path.isfile(os.path.join(args.run_dir, RUN_FILE)):
         threads = recorded_threads(read_record(args.run_dir))
@@ -378,6 +381,13 @@ def _named_difference(exc: MigaError, args) -> MigaError:
                for key, value in current.items()
                if key in stored and key not in PROMPT_OPTIONS and json.loads(json.dumps(value)) != stored[key]]
     return MigaError(str(exc).replace(exc.difference, ", ".join(changed))) if changed else exc
+
+
+def _absolute_model(model: str) -> str:
+    """A model file or folder as an absolute path (so its run resumes from any folder); names unchanged."""
+    from miga.backbones.registry import builtin_names
+
+    return os.path.abspath(model) if model not in builtin_names() and os.path.exists(model) else model
 
 
 def _resume_args(args):

@@ -106,6 +106,8 @@ def _settings(args, model: dict, methods: list[str]) -> tuple[dict, dict]:
     for m in methods:
         try:
             cfg = preset(model["default_preset"], m).with_(window_batch=args.window_batch)
+            if m == "scalingnoise" and args.dino:  # its reward uses the same DINO as the S.C. metric
+                cfg = cfg.with_(dino=os.path.abspath(args.dino))
             cfg.validate(model["native_frames"])
         except MigaError as exc:
             raise MigaError(f"method {m}: {exc}") from None
