@@ -78,6 +78,13 @@ def test_generate_writes_a_video_of_the_requested_length_on_model_v2(v2_path, tm
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_the_default_built_in_model_runs_each_method(tmp_path, capsys, method):
+    """Issue 16's acceptance on the shipped model v2 (``--model shapes``): 64x64 frames at 12 fps."""
+    frames, fps = shapes_generate(capsys, "shapes", method, tmp_path / f"{method}.mp4", 20, "--steps", 3)
+    assert frames.shape == (20, 64, 64, 3) and fps == 12 and frames.std() > 0
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_methods_change_the_output_where_they_should(v2, method):
     """Beyond one window the policy acts: the result differs from global attention on the same noise."""
     cfg = {"freenoise": small(FreeNoiseMethod, reschedule_noise=False),
@@ -198,7 +205,7 @@ def test_state_dict_between_steps_continues_with_the_same_latents(v2):
 
 # ------------------------------------------------------------------------------------------ refusals
 @pytest.mark.parametrize("model, message", [
-    ("shapes", "the built-in model v1"),
+    ("shapes-v1", "the built-in model v1"),
     ("gaussian", "has no temporal self-attention"),
 ])
 def test_models_without_temporal_attention_are_refused_in_one_line(tmp_path, capsys, model, message):

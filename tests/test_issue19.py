@@ -46,7 +46,7 @@ def test_train_toy_stopped_in_the_autoencoder_stage_says_so(tmp_path, capsys):
     code, _, err = run(capsys, "train-toy", tmp_path / "t", "--model-size", "tiny", "--time-limit", "0",
                        "--no-progress")
     assert code == 0, err
-    assert "stopped at autoencoder step 0 of 3000" in err and "denoiser step" not in err, err
+    assert "stopped at autoencoder step 0 of 2500" in err and "denoiser step" not in err, err
 
 
 def test_an_error_after_the_progress_bar_started_stands_on_its_own_line(tmp_path, capsys, monkeypatch):

@@ -43,8 +43,19 @@ def test_shipped_file_records_its_training(model):
     assert t["steps_done"] >= 1000 and t["ae_steps_done"] >= 1000 and t["seed"] == 0 and "machine" in t
 
 
-# Computed once from the shipped file; a change of weights, architecture or preprocessing breaks it.
-EXPECTED_OUTPUT = [0.1792699545621872, 1.2296303510665894, -1.153852939605713, 0.10302633047103882]
+def test_the_default_model_is_v2(model):
+    """Issue 14: ``--model shapes`` is model v2, a space-time denoiser with temporal self-attention trained
+    on the world with hidden attributes and one noise level per clip."""
+    t = model.training
+    assert t["hidden_attributes"] is True and t["per_frame_noise"] is False
+    assert len(model.temporal_attention_network().temporal_attentions()) > 0
+
+
+# Computed once from each shipped file; a change of weights, architecture or preprocessing breaks it.
+EXPECTED_OUTPUT = {
+    "shapes": [-0.003456953912973404, 1.1557742357254028, -1.6934908628463745, 3.808136463165283],
+    "shapes-v1": [0.1792699545621872, 1.2296303510665894, -1.153852939605713, 0.10302633047103882],
+}
 
 
 def _fixed_output(model):
@@ -55,10 +66,15 @@ def _fixed_output(model):
     return model.predict(x, levels, [cond])
 
 
-def test_fixed_denoiser_output_on_a_fixed_input(model):
-    out = _fixed_output(model)
+def test_every_shipped_model_has_a_fixed_output():
+    assert set(EXPECTED_OUTPUT) == set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_OUTPUT))
+def test_fixed_denoiser_output_on_a_fixed_input(name):
+    out = _fixed_output(miga.load_backbone(name))
     summary = [float(out.mean()), float(out.abs().mean()), float(out[0, 0, 0, 0, 0]), float(out[0, 3, 15, 7, 7])]
-    np.testing.assert_allclose(summary, EXPECTED_OUTPUT, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(summary, EXPECTED_OUTPUT[name], rtol=1e-4, atol=1e-5)
 
 
 PROMPTS = [

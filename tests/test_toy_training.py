@@ -110,7 +110,7 @@ def test_train_toy_cli_trains_resumes_and_reports(tmp_path, capsys):
     from miga import cli
 
     args = ["train-toy", str(tmp_path), "--model-size", "tiny", "--ae-steps", "2", "--batch", "2", "--no-progress"]
-    assert cli.main(args + ["--steps", "1"]) == 0
+    assert cli.main(args + ["--recipe", "v1", "--steps", "1"]) == 0
     assert "trained" in capsys.readouterr().err
     assert cli.main(args + ["--steps", "3"]) == 0  # more steps: resumes
     err = capsys.readouterr().err

@@ -37,9 +37,10 @@ class ShippedWeights:
 
 
 SHIPPED = {w.name: w for w in (
-    ShippedWeights("shapes", "shapes-v1.safetensors",
-                   "5fe9630c88a0850deadfd35c0efcc52dbd0eafab6004a059f6cebede46e47ee1",
-                   "model v1 (convolutional denoiser), the default until v2 ships"),
+    ShippedWeights("shapes", "shapes-v2.safetensors",
+                   "01bb50cc0794cd8756e6b3088e5976967ed7b7ca6b316d9a795781a8ba1f69dd",
+                   "model v2 (default): space-time denoiser with temporal self-attention, trained on the world with "
+                   "hidden attributes, one noise level per clip"),
     ShippedWeights("shapes-v1", "shapes-v1.safetensors",
                    "5fe9630c88a0850deadfd35c0efcc52dbd0eafab6004a059f6cebede46e47ee1",
                    "model v1: convolutional denoiser, trained with one noise level per clip, no hidden attributes"),
@@ -142,7 +143,7 @@ class ShapesModel:
         (:func:`miga.baselines.hooks.attention_policy`): model v2's; model v1's convolutional one has none."""
         if not hasattr(self.denoiser, "temporal_attentions"):
             raise MigaError("the built-in model v1 (a convolutional denoiser) has no temporal attention; FreeNoise, "
-                            "FreeLong and FreePCA need model v2 (weights from 'miga train-toy --recipe v2')")
+                            "FreeLong and FreePCA need model v2 (--model shapes or shapes-df)")
         return self.denoiser
 
 

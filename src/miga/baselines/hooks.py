@@ -52,7 +52,7 @@ FULL_3D_ATTENTION = ("FreeLong and FreePCA need a model with separate temporal a
                      "attention, where they are not defined (FreeNoise runs there as window fusion; use "
                      "VideoCrafter2, a UNet3D model or the built-in model v2 for FreeLong and FreePCA)")
 NO_TEMPORAL_ATTENTION = ("{model} has no temporal self-attention for FreeNoise, FreeLong or FreePCA to act on "
-                         "(use VideoCrafter2, a UNet3D model or the built-in model v2)")
+                         "(use VideoCrafter2, a UNet3D model or the built-in model v2: --model shapes or shapes-df)")
 _FULL_3D_CLASSES = ("WanTransformer3DModel", "SkyReelsV2Transformer3DModel")
 
 

@@ -43,8 +43,8 @@ def add_ray_arguments(parser) -> None:
 def add_arguments(parser, command: str = "ablate") -> None:
     """``miga ablate``'s (or, with ``command="compare"``, ``miga compare``'s) options (``parser``: the
     subcommand's argparse parser)."""
-    parser.add_argument("--model", default="shapes", help="shapes (the built-in model, default), a .safetensors "
-                        "file from 'miga train-toy', gaussian or gaussian-clip")
+    parser.add_argument("--model", default="shapes", help="shapes (the built-in model v2, default), shapes-df, shapes-v1, a "
+                        ".safetensors file from 'miga train-toy', gaussian or gaussian-clip")
     if command == "compare":
         parser.add_argument("--methods", metavar="LIST", help=f"comma-separated: {', '.join(COMPARE_METHODS)} "
                             "(default: every one the model supports)")

@@ -18,15 +18,15 @@ def add_arguments(parser) -> None:
     """``miga train-toy``'s options."""
     parser.add_argument("run_dir", metavar="RUN_DIR", help="where checkpoints, loss.png and the weights go")
     parser.add_argument("--seed", type=int, help="weights and data stream derive from it (default 0)")
-    parser.add_argument("--recipe", choices=("v1", "v2", "df"), help="what to train: v1 (the shipped model: "
-                        "convolutions, the v1 world; the default for a new run), v2 (temporal self-attention, the world "
-                        "with hidden attributes, one noise level per clip) or df (v2 trained with a noise level per frame, "
-                        "diffusion forcing); a resumed run keeps its own")
+    parser.add_argument("--recipe", choices=("v1", "v2", "df"), help="what to train: v2 (--model shapes, "
+                        "the default for a new run: temporal self-attention, the world with hidden attributes, one noise "
+                        "level per clip), df (--model shapes-df: v2 trained with a noise level per frame, diffusion "
+                        "forcing) or v1 (--model shapes-v1: convolutions, the v1 world); a resumed run keeps its own")
     parser.add_argument("--model-size", choices=("default", "tiny"), default="default",
                         help="architecture: the recipe's own, or a tiny one for smoke tests")
     parser.add_argument("--steps", type=number(minimum=0), help="denoiser steps (default 5000 for v1, 12000 for v2 and "
                         "df; may change on resume; 0 only with --ae-steps: the autoencoder alone)")
-    parser.add_argument("--ae-steps", type=number(minimum=0), help="autoencoder steps (default 3000)")
+    parser.add_argument("--ae-steps", type=number(minimum=0), help="autoencoder steps (default 2500 for v2 and df, 3000 for v1)")
     parser.add_argument("--batch", type=number(), help="clips per denoiser step (default 16)")
     parser.add_argument("--checkpoint-every", type=number(), metavar="N", help="steps between checkpoints (default 200)")
     parser.add_argument("--time-limit", type=number(float, 0), metavar="MIN",
@@ -64,7 +64,7 @@ def run(args) -> int:
         recipe = replace(saved, **given)
         name = "df" if saved.per_frame_noise else "v2" if saved.hidden_attributes else "v1"
     else:
-        name = args.recipe or "v1"
+        name = args.recipe or "v2"
         recipe = recipes[name][0](**given)
     model = recipes[name][2 if args.model_size == "tiny" else 1]
     trainer = start_or_resume(args.run_dir, recipe, model, fresh=args.fresh)
