@@ -2,8 +2,9 @@
 
     python scripts/bootstrap_table.py OUT_DIR [RESAMPLES]
 
-Per row: the identity drift at each distance (Gaussian worlds: the block-mean identity correlation; 1 is
-kept, 0 forgotten), the VBench-Long overall score, NFE and seconds per frame, and self-reflection searches
+Per row: the identity at each distance (Gaussian worlds: the block-mean identity correlation, 1 kept, 0
+forgotten; shapes models: the hidden attributes' drift, 0 kept, about 1 forgotten, and the world's presence and
+shape accuracy), the VBench-Long overall score, NFE and seconds per frame, and self-reflection searches
 triggered per video, each as mean [2.5 %, 97.5 %] of the mean over 10,000 resamples of the videos (seed 0).
 """
 import json
@@ -31,6 +32,8 @@ def interval(values) -> str:
 def identity(record: dict) -> dict[int, float]:
     ident = record.get("identity") or {}
     rows = ident.get("identity_drift") or ident.get("drift") or []
+    if isinstance(rows, dict):  # shapes: {distance: mean drift over the attributes measured there}
+        return {int(d): v for d, v in rows.items() if v is not None}
     return {int(r.get("distance", r.get("lag"))): r["measured"] for r in rows if isinstance(r, dict)}
 
 
@@ -38,13 +41,17 @@ rows = result["rows"]
 records = {row["key"]: [json.load(open(os.path.join(out, v[:-len(".mp4")] + ".json"))) for v in row["videos"]]
            for row in rows}
 distances = sorted({d for recs in records.values() for r in recs for d in identity(r)})
-heads = ["row", "videos"] + [f"identity {d}" for d in distances] + ["overall", "NFE/frame", "s/frame",
-                                                                     "searches/video"]
+world = any("world" in r for recs in records.values() for r in recs)
+label = "id drift" if world else "identity"
+heads = (["row", "videos"] + (["presence", "shape"] if world else []) + [f"{label} {d}" for d in distances]
+         + ["overall", "NFE/frame", "s/frame", "searches/video"])
 print("| " + " | ".join(heads) + " |")
 print("|" + "|".join(["---"] + ["---:"] * (len(heads) - 1)) + "|")
 for row in rows:
     recs = records[row["key"]]
     cells = [row["label"], str(len(recs))]
+    if world:
+        cells += [interval([r["world"]["presence"] for r in recs]), interval([r["world"]["shape_accuracy"] for r in recs])]
     cells += [interval([identity(r).get(d) for r in recs]) for d in distances]
     cells += [interval([r["vbench"]["overall"] for r in recs]), interval([r["nfe_per_frame"] for r in recs]),
               interval([r["seconds_per_frame"] for r in recs]), interval([r["reflection_triggers"] for r in recs])]

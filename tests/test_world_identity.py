@@ -12,7 +12,8 @@ from PIL import Image
 
 from miga.video import VideoWriter, read_video
 from miga.worlds.identity import (AttributeTrack, background_measurable, drift_of_track, estimate_attributes,
-                                  hidden_from_estimates, identity_drift, prior_spread, true_world_clip)
+                                  _measured_references, _true_world_start, hidden_from_estimates, identity_drift,
+                                  prior_spread, true_world_clip)
 from miga.worlds.metrics import scene_frames
 from miga.worlds.shapes import SceneBatch, parse_prompt, sample_hidden, world_batch
 from world_helpers import two_identities  # noqa: E402
@@ -241,3 +242,21 @@ def test_track_to_dict_is_json_ready():
     d = track.to_dict()
     json.dumps(d, allow_nan=False)
     assert d["bg_angle"] == [None] * 6 and len(d["shade"][0]) == 6
+
+
+def test_the_true_world_reference_moves_to_a_seed_where_two_objects_start_apart():
+    """Two objects drawn touching during the first frames leave the true-world clip's identity unmeasured
+    (seed 0 for this scene); the reference then takes the next seed that measures every attribute."""
+    scene = parse_prompt("a cyan circle and an orange square bouncing on a black background")
+    nan = float("nan")
+    values = {"radius": [9.0, nan], "speed": [1.1, nan], "shade": [[33.0, 216.0, 225.0], [nan] * 3],
+              "bg_angle": nan, "bg_tilt": nan}
+    h0 = hidden_from_estimates(scene, values, 0)
+    head = estimate_attributes(true_world_clip(scene, h0, 16, seed=0), scene)
+    assert _measured_references(head, 16) < 6  # seed 0 cannot measure them all: the case at hand
+    seed, hidden = _true_world_start(scene, values, 0, 16, 64)
+    assert seed > 0 and _measured_references(estimate_attributes(true_world_clip(scene, hidden, 16, seed=seed),
+                                                                 scene), 16) == 6
+    video = true_world_clip(scene, hidden, 80, seed=seed)
+    result = identity_drift(video, scene, distances=(64,))
+    assert result["true_world"]["seed"] >= 0 and result["true_world"]["identity_drift"]["64"] is not None

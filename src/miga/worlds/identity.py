@@ -60,6 +60,8 @@ WINDOW = 16
 MIN_MEASURED = 4
 """An attribute's drift (and its identity) is reported only from at least this many frames where it was
 measured: a frame or two between two spells of touching objects is often the edge of an occlusion."""
+TRUE_WORLD_TRIES = 8
+"""Motion seeds tried for the true-world reference clip of :func:`identity_drift` (see :func:`_true_world_start`)."""
 SPEED_STEPS = 5
 """Speed at frame t: the median centroid step over the steps ``t-2 -> t-1 .. t+2 -> t+3`` (those measured;
 at least 3)."""
@@ -518,7 +520,8 @@ def identity_drift(frames: np.ndarray, scene: Scene, distances=DISTANCES,
 
     With ``true_world``, ``result["true_world"]`` holds the same numbers for a true clip of the world of
     the same scene, length and size, whose hidden attributes are those estimated on the video's first
-    frames (:func:`hidden_from_estimates`; motion drawn with ``seed``): a world sample that starts where
+    frames (:func:`hidden_from_estimates`; motion drawn with ``seed``, or the next seed whose first frames
+    measure every attribute: :func:`_true_world_start`): a world sample that starts where
     the video starts and keeps its identity by construction, so its drift is what the estimators give
     with no drift at all, for this identity (a fresh draw would have other radii and speeds, and so
     another estimator noise). ``degrade`` (e.g. the video codec, or the model's autoencoder round trip)
@@ -530,7 +533,8 @@ def identity_drift(frames: np.ndarray, scene: Scene, distances=DISTANCES,
         track = estimate_attributes(frames, scene)
     result = drift_of_track(track, distances, reference_frames, window)
     if true_world:
-        hidden = hidden_from_estimates(scene, track.centre(0, reference_frames), seed)
+        seed, hidden = _true_world_start(scene, track.centre(0, reference_frames), seed, reference_frames,
+                                         min(frames.shape[1:3]))
         clip = true_world_clip(scene, hidden, frames.shape[0], min(frames.shape[1:3]), seed)
         if degrade is not None:
             clip = np.asarray(degrade(clip))
@@ -540,6 +544,32 @@ def identity_drift(frames: np.ndarray, scene: Scene, distances=DISTANCES,
         world["degraded"] = degrade is not None
         result["true_world"] = world
     return result
+
+
+def _measured_references(track: AttributeTrack, reference_frames: int) -> int:
+    """How many of a track's hidden attributes can be measured on its first ``reference_frames`` frames."""
+    count = 0
+    for _, _, values, _ in _attribute_series(track):
+        ok = np.isfinite(np.asarray(values)[:reference_frames])
+        count += int((ok.all(axis=-1) if ok.ndim > 1 else ok).sum() >= MIN_MEASURED)
+    return count
+
+
+def _true_world_start(scene: Scene, values: dict, seed: int, reference_frames: int, size: int,
+                      tries: int = TRUE_WORLD_TRIES) -> tuple[int, HiddenAttributes]:
+    """The motion seed (``seed``, ``seed + 1``, ...) and hidden attributes of the true-world clip: the first
+    seed whose first frames let every attribute be measured (two objects drawn touching there would leave
+    the reference empty), else the one that measures most, of ``tries`` seeds."""
+    best = None
+    for s in range(seed, seed + tries):
+        hidden = hidden_from_estimates(scene, values, s)
+        head = estimate_attributes(true_world_clip(scene, hidden, reference_frames, size, s), scene)
+        count, total = _measured_references(head, reference_frames), len(_attribute_series(head))
+        if best is None or count > best[0]:
+            best = (count, s, hidden)
+        if count == total:
+            break
+    return best[1], best[2]
 
 
 def _json(x):
