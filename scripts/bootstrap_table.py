@@ -56,3 +56,24 @@ for row in rows:
     cells += [interval([r["vbench"]["overall"] for r in recs]), interval([r["nfe_per_frame"] for r in recs]),
               interval([r["seconds_per_frame"] for r in recs]), interval([r["reflection_triggers"] for r in recs])]
     print("| " + " | ".join(cells) + " |")
+
+# Paired differences against the first row: the same prompt and seed in both rows, so the prompt's own
+# difficulty cancels. An interval that excludes 0 is a significant difference at the 5 % level.
+base_row = rows[0]
+base = {(r["key"]["prompt"], r["key"]["seed"]): r for r in records[base_row["key"]]}
+metrics = ([("presence", lambda r: r["world"]["presence"]), ("shape", lambda r: r["world"]["shape_accuracy"])]
+           if world else [])
+metrics += [(f"{label} {d}", lambda r, d=d: identity(r).get(d)) for d in distances]
+metrics += [("overall", lambda r: r["vbench"]["overall"])]
+print()
+print(f"Paired differences, row minus {base_row['label']} (same prompt and seed): mean [95 % bootstrap interval]")
+print()
+print("| row | pairs | " + " | ".join(name for name, _ in metrics) + " |")
+print("|" + "|".join(["---"] + ["---:"] * (len(metrics) + 1)) + "|")
+for row in rows[1:]:
+    pairs = [(base[k], r) for r in records[row["key"]] if (k := (r["key"]["prompt"], r["key"]["seed"])) in base]
+    cells = [row["label"], str(len(pairs))]
+    for _, get in metrics:
+        diffs = [get(r) - get(b) for b, r in pairs if get(r) is not None and get(b) is not None]
+        cells.append(interval(diffs))
+    print("| " + " | ".join(cells) + " |")
