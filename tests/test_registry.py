@@ -14,7 +14,7 @@ from miga.errors import MigaError
 from miga.pipeline import load_backbone
 
 ORDER = ("shapes", "gaussian", "videocrafter2", "unet3d", "wan")
-BUILTIN = {"shapes": "shapes", "shapes-v1": "shapes", "gaussian": "gaussian", "gaussian-clip": "gaussian"}
+BUILTIN = {"shapes": "shapes", "shapes-df": "shapes", "shapes-v1": "shapes", "gaussian": "gaussian", "gaussian-clip": "gaussian"}
 MODELS = {"modelscope": "unet3d", "skyreels": "wan", "vc2-community": "videocrafter2",
           "vc2-official": "videocrafter2", "wan": "wan"}
 """The model folders in the ``models`` fixture and the kind each must be recognised as."""

@@ -51,9 +51,18 @@ def test_the_default_model_is_v2(model):
     assert len(model.temporal_attention_network().temporal_attentions()) > 0
 
 
+def test_shapes_df_is_v2_trained_with_a_noise_level_per_frame(model):
+    """Issue 14: ``shapes-df`` is model v2's recipe (same architecture and autoencoder stage) with
+    independent per-frame noise levels (diffusion forcing)."""
+    df = miga.load_backbone("shapes-df")
+    assert df.training["per_frame_noise"] is True and df.training["hidden_attributes"] is True
+    assert df.config == model.config and df.training["steps_done"] == model.training["steps_done"]
+
+
 # Computed once from each shipped file; a change of weights, architecture or preprocessing breaks it.
 EXPECTED_OUTPUT = {
     "shapes": [-0.003456953912973404, 1.1557742357254028, -1.6934908628463745, 3.808136463165283],
+    "shapes-df": [0.06592418253421783, 1.2641570568084717, -1.0304681062698364, 5.123208522796631],
     "shapes-v1": [0.1792699545621872, 1.2296303510665894, -1.153852939605713, 0.10302633047103882],
 }
 

@@ -41,6 +41,10 @@ SHIPPED = {w.name: w for w in (
                    "01bb50cc0794cd8756e6b3088e5976967ed7b7ca6b316d9a795781a8ba1f69dd",
                    "model v2 (default): space-time denoiser with temporal self-attention, trained on the world with "
                    "hidden attributes, one noise level per clip"),
+    ShippedWeights("shapes-df", "shapes-df.safetensors",
+                   "e5685f4bc38f28befbb7f807d364b0b922fa6d52d9d4275d18441527b9f3c9d1",
+                   "model v2's recipe trained with an independent noise level per frame (diffusion forcing): no "
+                   "training-inference gap for FIFO and MIGA"),
     ShippedWeights("shapes-v1", "shapes-v1.safetensors",
                    "5fe9630c88a0850deadfd35c0efcc52dbd0eafab6004a059f6cebede46e47ee1",
                    "model v1: convolutional denoiser, trained with one noise level per clip, no hidden attributes"),
