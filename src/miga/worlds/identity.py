@@ -450,8 +450,7 @@ def drift_of_track(track: AttributeTrack, distances=DISTANCES, reference_frames:
                           "bg_tilt": "fraction"}[name],
                  "prior_spread": _json(prior if kind != "angle" else math.degrees(prior)),
                  "noise": None, "drift": {}, "drift_raw": {}, "frames": {}}
-        measured = np.isfinite(values[:reference_frames]).reshape(min(reference_frames, n), -1).all(-1).sum()
-        if measured >= min(MIN_MEASURED, reference_frames) and np.all(np.isfinite(np.asarray(r, np.float64))):
+        if _reference_measured(values, reference_frames) and np.all(np.isfinite(np.asarray(r, np.float64))):
             # the estimator's own scatter: frames of the reference window against their centre
             within = _differences(values[:reference_frames], r, kind)
             within = within[np.isfinite(within)]
@@ -546,13 +545,16 @@ def identity_drift(frames: np.ndarray, scene: Scene, distances=DISTANCES,
     return result
 
 
+def _reference_measured(values: np.ndarray, reference_frames: int) -> bool:
+    """Whether an attribute's per-frame values (``[F]`` or ``[F, 3]``) are measured in enough of the first
+    ``reference_frames`` frames to give its identity: :data:`MIN_MEASURED` (or all of a shorter reference)."""
+    head = np.asarray(values)[:reference_frames]
+    return np.isfinite(head).reshape(len(head), -1).all(-1).sum() >= min(MIN_MEASURED, reference_frames)
+
+
 def _measured_references(track: AttributeTrack, reference_frames: int) -> int:
     """How many of a track's hidden attributes can be measured on its first ``reference_frames`` frames."""
-    count = 0
-    for _, _, values, _ in _attribute_series(track):
-        ok = np.isfinite(np.asarray(values)[:reference_frames])
-        count += int((ok.all(axis=-1) if ok.ndim > 1 else ok).sum() >= MIN_MEASURED)
-    return count
+    return sum(_reference_measured(values, reference_frames) for _, _, values, _ in _attribute_series(track))
 
 
 def _true_world_start(scene: Scene, values: dict, seed: int, reference_frames: int, size: int,
