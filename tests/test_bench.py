@@ -5,7 +5,7 @@ import json
 import pytest
 
 from cli_helpers import run
-from miga.commands.bench import length_summary, plan_cells, run_cell, table
+from miga.commands.bench import length_summary, method_config, plan_cells, run_cell, table
 
 
 def test_plan_runs_native_once_and_every_other_method_at_every_length():
@@ -39,6 +39,20 @@ def test_miga_without_dce_costs_fewer_model_calls_than_full_miga():
     assert full["calls"] < full["nfe"]  # the candidates of a search share model calls
     assert 0 < full["reflection_nfe"] < full["nfe"] and lean["reflection_nfe"] == 0
     assert full["first_frame_reflection_nfe"] <= full["first_frame_nfe"]
+
+
+@pytest.mark.parametrize("method, during, calibration", [
+    ("miga", "all", "fixed"), ("miga-fill", "fill", "fixed"), ("miga-auto", "all", "auto"),
+    ("miga-auto-fill", "fill", "auto")])
+def test_reflection_mode_methods_change_only_the_reflection_mode(method, during, calibration):
+    from miga.backbones.gaussian import GaussianWorld
+    from miga.config import preset
+
+    backbone = GaussianWorld()
+    config = method_config(backbone, method)
+    assert (config.reflect_during, config.reflection_calibration) == (during, calibration)
+    base = preset(backbone.default_preset, "miga")
+    assert config.with_(reflect_during="all", reflection_calibration="fixed") == base
 
 
 def _row(method, frames, seconds, rss):

@@ -13,6 +13,8 @@ Each cell (model, method, length) runs in a fresh subprocess, so its peak memory
 - self-reflection checks, triggered searches and adopted candidates (MIGA);
 - time relative to FIFO on the same model and length, measured in the same run.
 
+``miga-fill``, ``miga-auto`` and ``miga-auto-fill`` are full MIGA with self-reflection only while the queue
+fills (released code), with the calibrated threshold, and both (issue 15's modes, ``ablation.REFLECTION_MODES``).
 ``native`` is plain sampling of one f_0-latent clip (Eq. 1), the reference for seconds per latent.
 ``wan-1.3b-random`` is Wan2.1-T2V-1.3B's transformer and VAE at full size with random weights, and
 ``videocrafter2-random`` VideoCrafter2's UNet (``base_512_v2``, 1.41 B parameters) and SD VAE at full size
@@ -33,18 +35,21 @@ from typing import Sequence
 
 from miga.errors import MigaError
 
-METHODS = ("native", "fifo", "miga-no-dce", "miga")
+METHODS = ("native", "fifo", "miga-no-dce", "miga", "miga-fill", "miga-auto", "miga-auto-fill")
 MODELS = ("gaussian", "shapes", "wan-1.3b-random", "videocrafter2-random")
 GPU_MODELS = ("wan-1.3b-random", "videocrafter2-random")
-METHOD_NAMES = {"native": "native clip", "fifo": "FIFO", "miga-no-dce": "MIGA w/o DCE", "miga": "MIGA"}
+METHOD_NAMES = {"native": "native clip", "fifo": "FIFO", "miga-no-dce": "MIGA w/o DCE", "miga": "MIGA",
+                "miga-fill": "MIGA, reflection while filling", "miga-auto": "MIGA, calibrated reflection",
+                "miga-auto-fill": "MIGA, calibrated, while filling"}
 PROMPTS = {"shapes": "a red circle bouncing on a blue background", "gaussian": "drifting clouds",
            "wan-1.3b-random": "a corgi running along a beach at sunset",
            "videocrafter2-random": "a corgi running along a beach at sunset"}
 
 
 def method_config(backbone, method: str):
-    """The config of a bench method on ``backbone``'s preset (MIGA w/o DCE = Table 5's "+ Stage 2")."""
-    from miga.ablation import ROWS
+    """The config of a bench method on ``backbone``'s preset (MIGA w/o DCE = Table 5's "+ Stage 2";
+    ``miga-MODE`` = MIGA with self-reflection mode MODE of ``ablation.REFLECTION_MODES``)."""
+    from miga.ablation import REFLECTION_MODES, ROWS
     from miga.config import preset
 
     name = backbone.default_preset
@@ -52,6 +57,8 @@ def method_config(backbone, method: str):
         return preset(name, "fifo")
     if method == "miga-no-dce":
         return ROWS["tta"].config(name)
+    if method.startswith("miga-"):
+        return preset(name, "miga").with_(**REFLECTION_MODES[method[len("miga-"):]])
     return preset(name, "miga")
 
 
