@@ -126,3 +126,11 @@ def test_default_model_refuses_bad_input_before_writing(tmp_path, capsys, argv, 
     err = capsys.readouterr().err
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
     assert not out.exists() and not os.path.exists(str(out) + ".partial")
+
+
+@pytest.mark.parametrize("command", ["generate", "ablate", "compare"])
+def test_model_help_lists_every_shipped_model(command, capsys):
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(name in text for name in SHIPPED) and "shapes (the built-in model, default)" in text

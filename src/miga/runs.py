@@ -356,8 +356,8 @@ class VideoRun:
                         if not os.path.exists(path) and not os.path.exists(path + ".partial")]
                 if gone:
                     raise MigaError(f"the run in {self.run_dir} is complete, but {' and '.join(gone)} no longer "
-                                    "exist(s) (moved or deleted?); nothing is left to resume: make the video again "
-                                    "with a new run dir")
+                                    f"exist(s) (moved or deleted?); nothing is left to resume: delete {self.run_dir} (or "
+                                    "use a new run dir) to make the video again")
                 self.seconds = float(state["outputs"]["seconds"])
                 self.frames_done = video.num_frames
                 video.load_state_dict(state["video"])

@@ -12,6 +12,7 @@ from typing import Sequence
 
 from miga.ablation import (COMPARE_METHODS, DEFAULT_FRAMES, DEFAULT_PROMPTS, DEFAULT_SEEDS, DEFAULT_SWEEPS,
                            REFLECTION_MODES, ROWS, SWEEPS, Row, _value_text, compare_rows, select_rows)
+from miga.backbones.shipped import model_names_help
 from miga.common import machine, model_identity, number, parse_list as _list, read_prompt_list
 from miga.config import preset
 from miga.errors import MigaError
@@ -43,7 +44,7 @@ def add_ray_arguments(parser) -> None:
 def add_arguments(parser, command: str = "ablate") -> None:
     """``miga ablate``'s (or, with ``command="compare"``, ``miga compare``'s) options (``parser``: the
     subcommand's argparse parser)."""
-    parser.add_argument("--model", default="shapes", help="shapes (the built-in model v2, default), shapes-df, shapes-v1, a "
+    parser.add_argument("--model", default="shapes", help=f"{model_names_help()} ('miga models' says what each is), a "
                         ".safetensors file from 'miga train-toy', gaussian or gaussian-clip")
     if command == "compare":
         parser.add_argument("--methods", metavar="LIST", help=f"comma-separated: {', '.join(COMPARE_METHODS)} "

@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import asdict
 
+from miga.backbones.shipped import model_names_help
 from miga.common import ArgParser, number
 from miga.errors import MigaError
 
@@ -47,8 +48,7 @@ def add_arguments(parser) -> None:
                         help="a prompt; repeat it for prompts that follow each other, evenly split along the video")
     parser.add_argument("--prompts", metavar="FILE", help="a prompt schedule file: one prompt per line, optionally "
                         "'FRAME: prompt' to say where each starts (see README)")
-    parser.add_argument("--model", default="shapes", help="shapes (the built-in shapes-world model v2, default), shapes-df (v2 trained with a noise level per frame), "
-                        "shapes-v1 (the first, convolutional one), a .safetensors file from 'miga train-toy', gaussian (exact Gaussian world), gaussian-clip (the same, "
+    parser.add_argument("--model", default="shapes", help=f"{model_names_help()} ('miga models' says what each is), a .safetensors file from 'miga train-toy', gaussian (exact Gaussian world), gaussian-clip (the same, "
                         "denoised like a one-level foundation model), VideoCrafter2's model.ckpt (or a folder holding it and "
                         "tokenizer/, or its diffusers conversion), or a local diffusers folder of Wan2.1-T2V, "
                         "SkyReels-V2-DF or a UNet3D text-to-video model (ModelScope, Zeroscope; see README)")
