@@ -293,3 +293,18 @@ def test_the_suite_gives_scalingnoise_the_dino_of_its_metric(tmp_path, capsys):
 
     decides = json.loads((tmp_path / "s" / SUITE_FILE).read_text())["decides"]
     assert decides["configs"]["scalingnoise"]["dino"] == str(tmp_path / "dino")
+
+
+def test_a_new_local_cluster_logs_only_warnings(monkeypatch):
+    """Ray's INFO lines ('Started a local Ray instance', ...) would land on stderr between our progress bars."""
+    import logging
+
+    ray = pytest.importorskip("ray")
+    from miga.runner.execute import connect
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert connect(None) is True
+    assert calls and calls[0]["address"] == "local" and calls[0]["logging_level"] == logging.WARNING

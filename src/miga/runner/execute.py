@@ -199,6 +199,8 @@ def connect(address: str | None) -> bool:
     """Connect to Ray: the cluster this process is connected to already, ``address`` (``auto``, ``HOST:PORT``,
     ``ray://HOST:PORT``), ``RAY_ADDRESS``, or else a new local cluster of this machine's CPUs and GPUs.
     Returns True when this call started the connection (and should end it)."""
+    import logging
+
     import ray
 
     if address and address not in ("local", "auto"):
@@ -209,12 +211,12 @@ def connect(address: str | None) -> bool:
     if address and address != "local":
         _reachable(address)
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise MigaError(f"cannot connect to the Ray cluster at {address}: {' '.join(str(exc).split())[:160]}") \
                 from None
         return True
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     return True
 
 
