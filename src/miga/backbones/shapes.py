@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 from importlib import resources
 from typing import Sequence
 
@@ -20,7 +19,7 @@ import torch
 
 from miga.backbones.base import NoiseLevels
 from miga.backbones.registry import BackboneKind, builtin_options
-from miga.backbones.shipped import SHIPPED, ShippedWeights  # noqa: F401 (re-exported)
+from miga.backbones.shipped import SHIPPED
 from miga.engine.schedules import ScheduleConfig
 from miga.errors import MigaError
 from miga.toy.nets import FrameAutoencoder, ToyConfig, make_denoiser

@@ -33,6 +33,7 @@ SHIPPED = {w.name: w for w in (
 
 
 def model_names_help() -> str:
-    """The built-in names for ``--model`` help texts, the default first: ``shapes (model v2 ...), shapes-df, ...``."""
+    """The built-in names for ``--model`` help texts, the default first: ``shapes (the built-in model, default),
+    shapes-df, ...``."""
     first, *rest = SHIPPED.values()
     return ", ".join([f"{first.name} (the built-in model, default)"] + [w.name for w in rest])

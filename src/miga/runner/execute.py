@@ -207,16 +207,17 @@ def connect(address: str | None) -> bool:
         _reachable(address)
     if ray.is_initialized():
         return False
+    options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address and address != "local":
         _reachable(address)
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+            ray.init(address=address, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise MigaError(f"cannot connect to the Ray cluster at {address}: {' '.join(str(exc).split())[:160]}") \
                 from None
         return True
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    ray.init(address="local", **options)
     return True
 
 
