@@ -171,6 +171,37 @@ def test_resume_skips_finished_runs(tiny_run, capsys, monkeypatch):
     assert {k: record[k] for k in kept} == kept and record["extractors"]["world"] is None
 
 
+def test_records_alone_make_the_table(tiny_run, tmp_path, capsys, monkeypatch):
+    """Videos deleted (or records kept without them): the table comes from the records, nothing is generated;
+    a record that needs its video (other extractors) is made again from the start, run dir and all."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_run, out)
+    before = table_rows((out / "results.md").read_text())
+    for video in (out / "runs").glob("*.mp4"):
+        video.unlink()
+    calls = []
+    generate = jobs.generate_video
+    monkeypatch.setattr(jobs, "generate_video", lambda *a, **k: calls.append(a[1].rows) or generate(*a, **k))
+    code, out_text, err = run(capsys, *TINY, "--rows", "fifo,miga", "--sweeps", "none", "--out", out)
+    assert code == 0 and calls == [], err
+    assert "6 run(s) counted from their records alone" in err and "6 already done" in err
+    assert table_rows(out_text) == before
+    video = json.loads((out / "results.json").read_text())["rows"][0]["videos"][0]  # one of this table's runs
+    victim = (out / video).with_suffix(".json")
+    record = json.loads(victim.read_text())
+    kept = {k: record[k] for k in ("nfe", "vbench", "identity")}
+    record["extractors"] = {"subject_consistency": "some other network"}
+    victim.write_text(json.dumps(record))
+    assert (out / "runs" / victim.stem).is_dir()  # a finished run dir: resuming it would find no video
+    code, out_text, err = run(capsys, *TINY, "--rows", "fifo,miga", "--sweeps", "none", "--out", out)
+    assert code == 0 and len(calls) == 1, err
+    assert (out / "runs" / (victim.stem + ".mp4")).is_file() and "5 run(s) counted from their records alone" in err
+    record = json.loads(victim.read_text())
+    assert {k: record[k] for k in kept} == kept  # the same video again: the same numbers
+
+
 # ---------------------------------------------------------------------------------------------------- refusals
 
 

@@ -114,6 +114,20 @@ def test_an_interrupted_suite_resumes(ray_suite, tmp_path, capsys, monkeypatch):
     assert per_prompt(out) == per_prompt(ray_suite[0])
 
 
+def test_a_deleted_video_is_made_again(ray_suite, tmp_path, capsys):
+    """The suite links every video under VBench's names, so a video deleted after its run finished is made
+    again (its finished run dir is cleared, not resumed), with the same numbers."""
+    out = tmp_path / "again"
+    shutil.copytree(ray_suite[0], out)
+    victim = sorted((out / "runs").glob("*.mp4"))[0]
+    victim.unlink()
+    assert (out / "runs" / victim.stem).is_dir()
+    code, _, err = run(capsys, "suite", "vbench", *GAUSSIAN, "--in-process", "--out", out)
+    assert code == 0, err
+    assert "1 made now, 3 already done" in err and victim.is_file()
+    assert per_prompt(out) == per_prompt(ray_suite[0])
+
+
 def test_a_changed_config_is_refused_in_one_line_and_safe_changes_are_not(ray_suite, tmp_path, capsys):
     out = ray_suite[0]
     changed = [a if a != "16" else "12" for a in GAUSSIAN]

@@ -80,7 +80,8 @@ def _add_common_arguments(parser) -> None:
     parser.add_argument("--frames", type=number(minimum=3), default=DEFAULT_FRAMES, metavar="N",
                         help=f"frames per video (default {DEFAULT_FRAMES})")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder: results.md, results.json and "
-                        "runs/ (videos and per-run records; runs already recorded there are not repeated)")
+                        "runs/ (videos and per-run records; runs already recorded there are not repeated, and a record is enough: "
+                        "videos may be deleted to save disk)")
     parser.add_argument("--height", type=number(), help="frame height (Gaussian worlds)")
     parser.add_argument("--width", type=number(), help="frame width (Gaussian worlds)")
     parser.add_argument("--window-batch", type=number(), metavar="B", help="windows per model call where allowed")
@@ -239,7 +240,8 @@ def run_table(args, rows: Sequence[Row], backbone=None) -> int:
         raise MigaError("a prompt is given twice")
     for p in prompts:  # a prompt the model refuses fails before any run
         backbone.encode_prompt(p)
-    spec = WorkerSpec(load, args.out, args.dino, args.clip, args.amt, args.threads, backbone=backbone)
+    spec = WorkerSpec(load, args.out, args.dino, args.clip, args.amt, args.threads, need_video=False,
+                      backbone=backbone)
     meters = spec.meters = make_meters(spec, backbone)
     size = {"height": args.height, "width": args.width}
     preset_name = backbone.default_preset
@@ -267,6 +269,9 @@ def run_table(args, rows: Sequence[Row], backbone=None) -> int:
         raise MigaError(f"{len(outcome.failed)} of {len(jobs)} run(s) failed; the others are kept in "
                         f"{os.path.join(args.out, 'runs')}; run the same command to retry")
     records = outcome.records
+    alone = sum(not os.path.isfile(os.path.join(args.out, r["video"])) for r in records.values())
+    if alone:
+        print(f"miga: {alone} run(s) counted from their records alone (their videos were deleted)", file=sys.stderr)
     first = records[jobs[0].digest]
     h, w = first["height"], first["width"]
     result = {"command": command, "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "model": args.model,

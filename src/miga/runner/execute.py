@@ -37,6 +37,7 @@ class WorkerSpec:
     threads: int | None = None
     checkpoint_every: int | None = None
     frame_delay: float = 0.0
+    need_video: bool = True  # False: a record whose video was deleted still counts as done (tables only)
     backbone: object = field(default=None, compare=False, repr=False)  # in-process: an already loaded one
     meters: object = field(default=None, compare=False, repr=False)  # and its extractors
 
@@ -105,7 +106,8 @@ class Worker:
         atomic_write_text(os.path.join(runs, job.digest + ".worker"),
                           json.dumps({"host": socket.gethostname(), "pid": os.getpid()}) + "\n")
         return run_job(self.backbone, job, self.spec.out_dir, self.meters, on_frame=on_frame,
-                       checkpoint_every=self.spec.checkpoint_every, frame_delay=self.spec.frame_delay)
+                       checkpoint_every=self.spec.checkpoint_every, frame_delay=self.spec.frame_delay,
+                       need_video=self.spec.need_video)
 
 
 @dataclass
@@ -143,7 +145,7 @@ def execute(jobs: Sequence[Job], spec: WorkerSpec, *, ray_address: str | None = 
             names: dict | None = None, identity: bool = False) -> Outcome:
     """Make every job not done yet; in-process one after another, or on Ray (``use_ray``: the cluster this
     process is connected to, the one at ``ray_address`` or ``RAY_ADDRESS``, or a new local one). On Ray, a
-    job whose record and video exist (measured with ``names``, when given; with identity drift, when
+    job whose record (and video, if ``spec.need_video``) exist (measured with ``names``, when given; with identity drift, when
     ``identity``) is not sent out."""
     if use_ray:
         return _execute_ray(jobs, spec, ray_address, workers, progress, desc, names, identity)
@@ -240,7 +242,7 @@ def _execute_ray(jobs, spec, address, workers, progress, desc, names, identity) 
     outcome = Outcome(where="Ray")
     todo = []
     for job in jobs:  # done on disk: never sent out
-        record = finished(spec.out_dir, job, names)
+        record = finished(spec.out_dir, job, names, need_video=spec.need_video)
         if record is not None and (not identity or record.get("identity") is not None):
             outcome.records[job.digest] = record
             outcome.done += 1

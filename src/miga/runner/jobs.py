@@ -8,7 +8,10 @@ A :class:`Job` is (prompt or prompt schedule, method config, seed, frames) on a 
     DIGEST.json      its record: the key, the generation numbers and the metrics (written last)
 
 A job whose record and video exist is done (skipped); one whose run dir holds a checkpoint continues from
-it. Metrics come from the decoded MP4, as VBench does: the four VBench-Long quality scores, the shapes-world
+it. For tables (``need_video=False``: ``miga ablate`` and ``miga compare``) the record alone suffices: every
+number is in it, so videos may be deleted to save disk, or records kept (in git, say) without them.
+
+Metrics come from the decoded MP4, as VBench does: the four VBench-Long quality scores, the shapes-world
 metrics for the shapes model, identity drift for the shapes model (from the frames) and the Gaussian worlds
 (from the latents saved beside the video). A record made before identity drift was measured gets it added
 (a Gaussian world's latents are generated again, deterministically, if they were not saved).
@@ -192,6 +195,15 @@ def _identity(frames, fps: float, path: str, prompt: str, meters: Meters, first:
     return {"kind": "gaussian", **identity_metrics(latents, Prior.of(world), world.encode_prompt(prompt))}
 
 
+def _clear_orphan_run(run_dir: str, video_path: str) -> None:
+    """Remove the job's run dir when neither its video nor the video's ``.partial`` exists: a finished run
+    whose video was deleted has nothing left to resume, so the job is made again from the start."""
+    import shutil
+
+    if os.path.isdir(run_dir) and not os.path.exists(video_path + ".partial"):
+        shutil.rmtree(run_dir)
+
+
 def _measure_identity(backbone, run: Job, frames: int, video_path: str, meters: Meters) -> dict:
     """The identity drift of a recorded run that has none (recorded before it was measured)."""
     from miga.video import read_video
@@ -246,11 +258,11 @@ def paths(out_dir: str, job: Job) -> tuple[str, str, str]:
     return base + ".json", base + ".mp4", base
 
 
-def finished(out_dir: str, job: Job, names: dict | None = None) -> dict | None:
-    """The job's record if it is done (video and record there; with ``names``: measured with those
-    extractors), else None."""
+def finished(out_dir: str, job: Job, names: dict | None = None, need_video: bool = True) -> dict | None:
+    """The job's record if it is done (record there, and its video unless not ``need_video``; with
+    ``names``: measured with those extractors), else None."""
     json_path, video_path, _ = paths(out_dir, job)
-    if not os.path.isfile(video_path):
+    if need_video and not os.path.isfile(video_path):
         return None
     record = load_record(json_path, job)
     if record is None or (names is not None and record.get("extractors") != names):
@@ -259,17 +271,24 @@ def finished(out_dir: str, job: Job, names: dict | None = None) -> dict | None:
 
 
 def run_job(backbone, job: Job, out_dir: str, meters: Meters, *, checkpoint_every: int | None = None,
-            on_frame=None, frame_delay: float = 0.0) -> tuple[dict, str]:
+            on_frame=None, frame_delay: float = 0.0, need_video: bool = True) -> tuple[dict, str]:
     """Make and measure ``job`` under ``out_dir/runs`` unless its record says it is done; returns the record
     and what happened: ``done`` (nothing to do), ``identity`` (identity drift added to an old record,
-    ``identity+latents`` with its latents generated again), ``measured`` (new extractors) or ``made``."""
+    ``identity+latents`` with its latents generated again), ``measured`` (new extractors) or ``made``.
+    Without ``need_video``, a record whose video is gone is done while it needs nothing from the video."""
     from miga.video import atomic_write_text
 
     json_path, video_path, run_dir = paths(out_dir, job)
     os.makedirs(os.path.dirname(json_path), exist_ok=True)
     frames = job.frames
     latents_path = latents_path_of(video_path) if meters.identity == "gaussian" else None
-    record = load_record(json_path, job) if os.path.isfile(video_path) else None
+    record = load_record(json_path, job)
+    if record is not None and not os.path.isfile(video_path):
+        if not need_video and record.get("extractors") == meters.names and \
+                (not meters.identity or record.get("identity") is not None):
+            return record, "done"
+        record = None
+        _clear_orphan_run(run_dir, video_path)
     if record is not None and record.get("extractors") == meters.names:
         status = "done"
         if meters.identity and record.get("identity") is None:  # recorded before identity was measured
