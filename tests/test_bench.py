@@ -32,7 +32,7 @@ def test_a_cell_reports_consistent_figures(method):
 
 def test_miga_without_dce_costs_fewer_model_calls_than_full_miga():
     lean = run_cell({"model": "gaussian", "method": "miga-no-dce", "frames": 96})
-    full = run_cell({"model": "gaussian", "method": "miga", "frames": 96})
+    full = run_cell({"model": "gaussian", "method": "miga-all", "frames": 96})
     assert lean["nfe"] < full["nfe"]
     assert lean["reflection_checks"] == 0 and full["reflection_checks"] >= full["reflection_triggers"] > 0
     assert full["reflection_triggers"] >= full["reflection_adoptions"]
@@ -42,17 +42,17 @@ def test_miga_without_dce_costs_fewer_model_calls_than_full_miga():
 
 
 @pytest.mark.parametrize("method, during, calibration", [
-    ("miga", "all", "fixed"), ("miga-fill", "fill", "fixed"), ("miga-auto", "all", "auto"),
-    ("miga-auto-fill", "fill", "auto")])
+    ("miga", "fill", "auto"), ("miga-all", "all", "fixed"), ("miga-fill", "fill", "fixed"),
+    ("miga-auto", "all", "auto"), ("miga-auto-fill", "fill", "auto")])
 def test_reflection_mode_methods_change_only_the_reflection_mode(method, during, calibration):
     from miga.backbones.gaussian import GaussianWorld
     from miga.config import preset
 
     backbone = GaussianWorld()
-    config = method_config(backbone, method)
+    config = method_config(backbone, method)  # "miga": the Gaussian preset's own mode (issue 15)
     assert (config.reflect_during, config.reflection_calibration) == (during, calibration)
     base = preset(backbone.default_preset, "miga")
-    assert config.with_(reflect_during="all", reflection_calibration="fixed") == base
+    assert config.with_(reflect_during="fill", reflection_calibration="auto") == base
 
 
 def _row(method, frames, seconds, rss):

@@ -57,10 +57,11 @@ def test_mechanism_switches_reach_the_config(tmp_path, capsys):
 
 
 
-@pytest.mark.parametrize("flags, want", [
-    (["--reflection-threshold", "auto"], ("auto", 0.01, "all")),
+@pytest.mark.parametrize("flags, want", [  # the gaussian preset: calibrated, while filling (issue 15)
+    (["--reflection-threshold", "auto", "--reflect-during", "all"], ("auto", 0.01, "all")),
     (["--reflection-threshold", "0.03", "--reflect-during", "fill"], ("fixed", 0.03, "fill")),
-    ([], ("fixed", 0.01, "all")),
+    (["--reflection-threshold", "0.01", "--reflect-during", "all"], ("fixed", 0.01, "all")),  # the paper's
+    ([], ("auto", 0.01, "fill")),
 ])
 def test_reflection_threshold_auto_and_reflect_during_reach_the_config(tmp_path, capsys, flags, want):
     stats = tmp_path / "s.json"

@@ -23,7 +23,8 @@ def _run(world, cfg, frames=72, seed=4):
 
 @pytest.mark.parametrize("window_batch", [1, 2])
 def test_batched_candidates_match_the_sequential_search(world, window_batch):
-    cfg = MIGAConfig.gaussian().with_(reflection_threshold=0.0, window_batch=window_batch)
+    cfg = MIGAConfig.gaussian().with_(reflection_threshold=0.0, reflection_calibration="fixed", reflect_during="all",
+                                      window_batch=window_batch)  # every check triggers
     seq, seq_stats = _run(world, cfg.with_(reflection_batch=False))
     bat, bat_stats = _run(world, cfg.with_(reflection_batch=True))
     assert seq_stats.reflection_triggers > 3  # the searches did run
@@ -69,7 +70,7 @@ def test_calibrated_threshold_is_a_robust_spread_of_earlier_changes():
 
 def test_calibrated_reflection_triggers_on_a_fraction_of_checks(world):
     """Under delta = 0.01 most checks of the Gaussian world trigger; calibrated, a minority do."""
-    cfg = MIGAConfig.gaussian()
+    cfg = MIGAConfig.gaussian().with_(reflection_calibration="fixed", reflect_during="all")  # the paper's setting
     _, fixed = _run(world, cfg, frames=160)
     _, auto = _run(world, cfg.with_(reflection_calibration="auto"), frames=160)
     assert fixed.reflection_checks == auto.reflection_checks > 20

@@ -203,19 +203,22 @@ def test_library_run_stopped_anywhere_resumes_exactly(tmp_path, cfg, stateful):
     assert run.video.stats.nfe == whole.video.stats.nfe  # counters survive too
 
 
-def test_state_dict_round_trip_through_a_checkpoint_file(tmp_path):
+@pytest.mark.parametrize("mode", [dict(reflection_threshold=0.0, reflection_calibration="fixed", reflect_during="all"),
+                                  dict(reflection_calibration="auto", reflect_during="all", reflection_auto_factor=0.5,
+                                       reflection_auto_warmup=1)])
+def test_state_dict_round_trip_through_a_checkpoint_file(tmp_path, mode):
     """``LongVideo.state_dict`` saved and loaded between any two latents continues with the same latents
-    (MIGA with self-reflection triggering, batch Stage 2)."""
+    (MIGA with self-reflection triggering, fixed and calibrated thresholds, batch Stage 2)."""
     world = load_backbone("gaussian", height=32, width=32)
-    cfg = MIGAConfig.gaussian().with_(stage2_mode="batch", reflection_threshold=0.0)
-    ref = torch.stack(list(LongVideo(world, "x", 50, cfg, seed=1).latents()))
-    video = LongVideo(world, "x", 50, cfg, seed=1)
+    cfg = MIGAConfig.gaussian().with_(stage2_mode="batch", **mode)
+    ref = torch.stack(list(LongVideo(world, "x", 80, cfg, seed=1).latents()))
+    video = LongVideo(world, "x", 80, cfg, seed=1)
     got, it = [], video.latents()
-    for k in (1, 13, 30):
+    for k in (1, 13, 30, 55):
         while len(got) < k:
             got.append(next(it))
         save_state(str(tmp_path / "c.safetensors"), video.state_dict())
-        video = LongVideo(world, "x", 50, cfg, seed=1)
+        video = LongVideo(world, "x", 80, cfg, seed=1)
         video.load_state_dict(load_state(str(tmp_path / "c.safetensors")))
         it = video.latents()
     got += list(it)

@@ -56,7 +56,7 @@ TABLE5 = (
 ROWS = {row.key: row for row in TABLE5}
 
 REFLECTION_MODES = {
-    "off": {"reflection": False},
+    "off": {"reflection": False, "reflect_during": "all", "reflection_calibration": "fixed"},
     "all": {"reflect_during": "all", "reflection_calibration": "fixed"},
     "fill": {"reflect_during": "fill", "reflection_calibration": "fixed"},
     "auto": {"reflect_during": "all", "reflection_calibration": "auto"},

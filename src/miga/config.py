@@ -261,15 +261,20 @@ class MIGAConfig(_SamplingFields):
 
     @classmethod
     def gaussian(cls) -> "MIGAConfig":
-        """Small numbers for the exact Gaussian world (f_0 = 16): fast enough for tests and demos."""
+        """Small numbers for the exact Gaussian world (f_0 = 16): fast enough for tests and demos.
+        Self-reflection: the calibrated threshold while the queue fills (issue 15; docs/results.md: on this
+        world it keeps the identity the paper's delta = 0.01 on every pass loses, at FIFO's NFE)."""
         return cls(steps=32, zigzag_width=4, stage2_steps=6, stride=8, guides=4, reflection_threshold=0.01,
+                   reflection_calibration="auto", reflect_during="fill",
                    reflection_samples=3, reflection_judge_steps=8, reflection_ref_chunks=2,
                    solver="unipc", eta=0.0, guidance_scale=1.0)
 
     @classmethod
     def shapes(cls) -> "MIGAConfig":
-        """The built-in shapes models (f_0 = 16): the Gaussian world's numbers with CFG 5 (:data:`SHAPES_GUIDANCE`)."""
-        return cls.gaussian().with_(guidance_scale=SHAPES_GUIDANCE)
+        """The built-in shapes models (f_0 = 16): the Gaussian world's numbers with CFG 5 (:data:`SHAPES_GUIDANCE`),
+        self-reflection as the paper (delta = 0.01, every pass) until model v2's measurement decides."""
+        return cls.gaussian().with_(guidance_scale=SHAPES_GUIDANCE, reflection_calibration="fixed",
+                                    reflect_during="all")
 
 
 # ------------------------------------------------------------------------------------------ baselines (issue 16)

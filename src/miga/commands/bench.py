@@ -13,8 +13,10 @@ Each cell (model, method, length) runs in a fresh subprocess, so its peak memory
 - self-reflection checks, triggered searches and adopted candidates (MIGA);
 - time relative to FIFO on the same model and length, measured in the same run.
 
-``miga-fill``, ``miga-auto`` and ``miga-auto-fill`` are full MIGA with self-reflection only while the queue
-fills (released code), with the calibrated threshold, and both (issue 15's modes, ``ablation.REFLECTION_MODES``).
+``miga`` is full MIGA as the model's preset has it; ``miga-all``, ``miga-fill``, ``miga-auto`` and
+``miga-auto-fill`` are full MIGA with self-reflection on every pass at the paper's delta_adju, only while the
+queue fills (released code), with the calibrated threshold, and both (issue 15's modes,
+``ablation.REFLECTION_MODES``).
 ``native`` is plain sampling of one f_0-latent clip (Eq. 1), the reference for seconds per latent.
 ``wan-1.3b-random`` is Wan2.1-T2V-1.3B's transformer and VAE at full size with random weights, and
 ``videocrafter2-random`` VideoCrafter2's UNet (``base_512_v2``, 1.41 B parameters) and SD VAE at full size
@@ -35,11 +37,11 @@ from typing import Sequence
 
 from miga.errors import MigaError
 
-METHODS = ("native", "fifo", "miga-no-dce", "miga", "miga-fill", "miga-auto", "miga-auto-fill")
+METHODS = ("native", "fifo", "miga-no-dce", "miga", "miga-all", "miga-fill", "miga-auto", "miga-auto-fill")
 MODELS = ("gaussian", "shapes", "wan-1.3b-random", "videocrafter2-random")
 GPU_MODELS = ("wan-1.3b-random", "videocrafter2-random")
 METHOD_NAMES = {"native": "native clip", "fifo": "FIFO", "miga-no-dce": "MIGA w/o DCE", "miga": "MIGA",
-                "miga-fill": "MIGA, reflection while filling", "miga-auto": "MIGA, calibrated reflection",
+                "miga-all": "MIGA, paper threshold, every pass", "miga-fill": "MIGA, reflection while filling", "miga-auto": "MIGA, calibrated reflection",
                 "miga-auto-fill": "MIGA, calibrated, while filling"}
 PROMPTS = {"shapes": "a red circle bouncing on a blue background", "gaussian": "drifting clouds",
            "wan-1.3b-random": "a corgi running along a beach at sunset",
