@@ -202,6 +202,28 @@ def test_records_alone_make_the_table(tiny_run, tmp_path, capsys, monkeypatch):
     assert {k: record[k] for k in kept} == kept  # the same video again: the same numbers
 
 
+def test_recorded_only_makes_nothing_and_says_what_is_missing(tiny_run, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    out = tmp_path / "partial"
+    shutil.copytree(tiny_run, out)
+    result = json.loads((out / "results.json").read_text())
+    fifo = next(r for r in result["rows"] if r["key"] == "fifo")
+    for video in fifo["videos"]:  # FIFO's runs were never made
+        (out / video).with_suffix(".json").unlink()
+    calls = []
+    monkeypatch.setattr(jobs, "generate_video", lambda *a, **k: calls.append(a[1].rows))
+    code, text, err = run(capsys, *TINY, "--rows", "fifo,miga", "--sweeps", "threshold", "--thresholds", "0.01",
+                          "--recorded-only", "--out", out)
+    assert code == 0 and calls == [], err
+    rows = table_rows(text)
+    assert "FIFO-Diffusion" not in rows and rows["MIGA"][2] == "3" and "delta_adju = 0.01 (= miga)" in "".join(rows)
+    assert "Only the 3 of 6 runs recorded so far" in text
+    assert json.loads((out / "results.json").read_text())["planned_runs"] == 6
+    code, _, err = run(capsys, *TINY, "--rows", "fifo", "--sweeps", "none", "--recorded-only", "--out", out)
+    assert code == 2 and "no run of this command is recorded" in err and len(err.strip().splitlines()) == 1
+
+
 # ---------------------------------------------------------------------------------------------------- refusals
 
 

@@ -82,6 +82,8 @@ def _add_common_arguments(parser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder: results.md, results.json and "
                         "runs/ (videos and per-run records; runs already recorded there are not repeated, and a record is enough: "
                         "videos may be deleted to save disk)")
+    parser.add_argument("--recorded-only", action="store_true", help="make nothing: the table of the runs already "
+                        "recorded in DIR (rows with none are left out), e.g. to read a long sweep while it runs")
     parser.add_argument("--height", type=number(), help="frame height (Gaussian worlds)")
     parser.add_argument("--width", type=number(), help="frame width (Gaussian worlds)")
     parser.add_argument("--window-batch", type=number(), metavar="B", help="windows per model call where allowed")
@@ -161,6 +163,20 @@ def plan(rows: Sequence[Row], preset_name: str, native_frames: int, prompts: Seq
     jobs = [make_job(row.key, configs[row.key], i, prompt, seed, frames, model_id, size)
             for row in rows for i, prompt in enumerate(prompts) for seed in seeds]
     return configs, merge(jobs)
+
+
+def recorded(out: str, rows: Sequence[Row], jobs: list, meters) -> tuple[list[Row], list]:
+    """``--recorded-only``: the jobs already recorded in ``out`` (their videos may be gone) and the rows that
+    have any; refused in one line when there are none."""
+    from miga.runner.jobs import finished
+
+    done = [j for j in jobs if (r := finished(out, j, meters.names, need_video=False)) is not None
+            and (not meters.identity or r.get("identity") is not None)]
+    if not done:
+        raise MigaError(f"--recorded-only: no run of this command is recorded in {os.path.join(out, 'runs')} yet; "
+                        "drop --recorded-only to make them")
+    keys = {k for j in done for k in j.rows}
+    return [r for r in rows if r.key in keys], done
 
 
 def check_full_sequence_memory(backbone, configs: dict, frames: int, prompt: str, *, force: bool = False) -> None:
@@ -248,6 +264,9 @@ def run_table(args, rows: Sequence[Row], backbone=None) -> int:
     model_id = model_identity(args.model)
     configs, jobs = plan(rows, preset_name, backbone.native_frames, prompts, seeds, args.frames, model_id, size,
                          args.window_batch)
+    planned = len(jobs)
+    if getattr(args, "recorded_only", False):
+        rows, jobs = recorded(args.out, rows, jobs, meters)
     check_full_sequence_memory(backbone, configs, args.frames, prompts[0], force=getattr(args, "force", False))
     os.makedirs(args.out, exist_ok=True)
     command = "miga " + shlex.join(getattr(args, "argv", None) or sys.argv[1:])
@@ -277,7 +296,8 @@ def run_table(args, rows: Sequence[Row], backbone=None) -> int:
     result = {"command": command, "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "model": args.model,
               "model_id": model_id, "preset": preset_name, "native_frames": backbone.native_frames,
               "frame_size": f"{w}x{h}", "fps": float(backbone.fps), "frames": args.frames, "prompts": prompts,
-              "seeds": seeds, "machine": machine(torch.get_num_threads()), "extractors": meters.names,
+              "seeds": seeds, "planned_runs": planned, "machine": machine(torch.get_num_threads()),
+              "extractors": meters.names,
               "proxy": meters.proxies, "runs": len(jobs), "skipped": outcome.done, "executor": outcome.where,
               "rows": aggregate(rows, configs, jobs, records, backbone.native_frames)}
     result["identity"] = identity_summary(result["rows"], args.frames)

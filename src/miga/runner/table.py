@@ -155,6 +155,9 @@ def markdown(result: dict) -> str:
              f"{len(result['prompts'])} prompt(s) x seeds {', '.join(map(str, result['seeds']))}: each cell is the "
              "mean ± standard deviation over those runs.", "",
              "Prompts: " + "; ".join(f"`{p}`" for p in result["prompts"]) + ".", ""]
+    if result.get("planned_runs", result["runs"]) > result["runs"]:
+        lines += [f"Only the {result['runs']} of {result['planned_runs']} runs recorded so far (`--recorded-only`): "
+                  "rows may have fewer runs than prompts x seeds, and rows with none are left out.", ""]
     for group in dict.fromkeys(r["group"] for r in rows):
         lines += [f"**{titles.get(group, group)}**", "", "| " + " | ".join(heads) + " |",
                   "|" + "|".join(["---"] * 2 + ["---:"] * (len(heads) - 2)) + "|"]
