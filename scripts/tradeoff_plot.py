@@ -1,0 +1,86 @@
+"""Self-reflection's cost against its quality (issue 15's trade-off curve), from a ``miga ablate`` folder.
+
+    python scripts/tradeoff_plot.py OUT_DIR PLOT.png [--pairs-with KEY]
+
+One panel per figure (presence and shape for the shapes models, identity at each distance, the VBench-style
+overall): each row of ``OUT_DIR/results.json`` is a point at its mean NFE per frame, with the 95 % bootstrap
+interval of the mean over its videos as the error bar. With ``--pairs-with KEY`` only the prompt/seed pairs
+that row KEY also has are used, so every point is measured on the same videos. Reads only the records.
+"""
+import argparse
+import json
+import os
+
+import numpy as np
+from matplotlib.figure import Figure
+
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+parser.add_argument("out")
+parser.add_argument("plot")
+parser.add_argument("--pairs-with", metavar="KEY", help="use only the prompt/seed pairs this row has")
+parser.add_argument("--resamples", type=int, default=10_000)
+args = parser.parse_args()
+result = json.load(open(os.path.join(args.out, "results.json")))
+rng = np.random.default_rng(0)
+
+
+def load(video):
+    return json.load(open(os.path.join(args.out, video[:-len(".mp4")] + ".json")))
+
+
+def identity(record):
+    rows = (record.get("identity") or {}).get("identity_drift") or []
+    if isinstance(rows, dict):
+        return {int(d): v for d, v in rows.items() if v is not None}
+    return {int(r.get("distance", r.get("lag"))): r["measured"] for r in rows if isinstance(r, dict)}
+
+
+def pair(record):
+    return record["key"]["prompt"], record["key"]["seed"]
+
+
+records = {row["key"]: [load(v) for v in row["videos"]] for row in result["rows"]}
+if args.pairs_with:
+    keep = {pair(r) for r in records[args.pairs_with]}
+    records = {k: [r for r in recs if pair(r) in keep] for k, recs in records.items()}
+world = any(r.get("world") for recs in records.values() for r in recs)
+distances = sorted({d for recs in records.values() for r in recs for d in identity(r)})
+panels = ([("presence", lambda r: r["world"]["presence"]), ("shape accuracy", lambda r: r["world"]["shape_accuracy"])]
+          if world else [])
+name = "hidden-attribute drift (0 kept, ~1 forgotten)" if world else "identity correlation (1 kept, 0 forgotten)"
+panels += [(f"{name} at {d}", lambda r, d=d: identity(r).get(d)) for d in distances]
+panels += [("VBench-style overall", lambda r: r["vbench"]["overall"])]
+
+
+def interval(values):
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    if not len(v):
+        return None
+    means = rng.choice(v, (args.resamples, len(v))).mean(1)
+    return v.mean(), *np.percentile(means, [2.5, 97.5])
+
+
+cols = 3
+rows_n = -(-len(panels) // cols)
+fig = Figure(figsize=(4.2 * cols, 3.3 * rows_n), layout="constrained")
+labels = {row["key"]: row["label"].replace("MIGA, self-reflection mode = ", "MIGA ") for row in result["rows"]}
+for k, (title, get) in enumerate(panels):
+    ax = fig.add_subplot(rows_n, cols, k + 1)
+    for key, recs in records.items():
+        if not recs:
+            continue
+        y = interval([get(r) for r in recs])
+        if y is None:
+            continue
+        x = float(np.mean([r["nfe_per_frame"] for r in recs]))
+        ax.errorbar([x], [y[0]], yerr=[[y[0] - y[1]], [y[2] - y[0]]], fmt="o", capsize=3,
+                    label=f"{labels[key]} ({len(recs)})")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("NFE per frame", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    if k == 0:
+        ax.legend(fontsize=6)
+fig.suptitle(f"{result['model']}, {result['frames']} frames: mean [95 % bootstrap interval] over videos", fontsize=10)
+fig.savefig(args.plot, dpi=110)
+print(f"wrote {args.plot}")
