@@ -128,7 +128,7 @@ def test_default_model_refuses_bad_input_before_writing(tmp_path, capsys, argv, 
     assert not out.exists() and not os.path.exists(str(out) + ".partial")
 
 
-@pytest.mark.parametrize("command", ["generate", "ablate", "compare"])
+@pytest.mark.parametrize("command", ["generate", "ablate", "compare", "suite"])
 def test_model_help_lists_every_shipped_model(command, capsys):
     with pytest.raises(SystemExit):
         cli.main([command, "--help"])

@@ -10,6 +10,7 @@ import shlex
 import sys
 import time
 
+from miga.backbones.shipped import model_names_help
 from miga.common import check_output, machine, model_identity, number, parse_list
 from miga.errors import MigaError
 
@@ -33,7 +34,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("suite", metavar="SUITE", help=f"{', '.join(SUITES)} (shipped), a prompt file (one "
                         "prompt per line) or a folder of prompt-schedule files (*.txt, miga generate --prompts format)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder: runs/, results.md, results.json")
-    parser.add_argument("--model", default="shapes", help="as miga generate --model (default shapes)")
+    parser.add_argument("--model", default="shapes", help=f"{model_names_help()} ('miga models' says what each is), "
+                        "a .safetensors file from 'miga train-toy', gaussian, gaussian-clip, or a diffusers folder "
+                        "(as miga generate --model)")
     parser.add_argument("--methods", default="miga", metavar="LIST", help="comma-separated methods, each with the "
                         "model's preset: miga, fifo, scalingnoise, freenoise, freelong, freepca (default miga)")
     parser.add_argument("--seeds", default="0", metavar="LIST", help="comma-separated seeds: videos per prompt "
