@@ -80,8 +80,8 @@ def _add_common_arguments(parser) -> None:
     parser.add_argument("--frames", type=number(minimum=3), default=DEFAULT_FRAMES, metavar="N",
                         help=f"frames per video (default {DEFAULT_FRAMES})")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder: results.md, results.json and "
-                        "runs/ (videos and per-run records; runs already recorded there are not repeated, and a record is enough: "
-                        "videos may be deleted to save disk)")
+                        "runs/ (videos and per-run records; runs already recorded there are not repeated, and a "
+                        "record is enough: videos may be deleted to save disk)")
     parser.add_argument("--recorded-only", action="store_true", help="make nothing: the table of the runs already "
                         "recorded in DIR (rows with none are left out), e.g. to read a long sweep while it runs")
     parser.add_argument("--height", type=number(), help="frame height (Gaussian worlds)")

@@ -41,7 +41,8 @@ METHODS = ("native", "fifo", "miga-no-dce", "miga", "miga-all", "miga-fill", "mi
 MODELS = ("gaussian", "shapes", "wan-1.3b-random", "videocrafter2-random")
 GPU_MODELS = ("wan-1.3b-random", "videocrafter2-random")
 METHOD_NAMES = {"native": "native clip", "fifo": "FIFO", "miga-no-dce": "MIGA w/o DCE", "miga": "MIGA",
-                "miga-all": "MIGA, paper threshold, every pass", "miga-fill": "MIGA, reflection while filling", "miga-auto": "MIGA, calibrated reflection",
+                "miga-all": "MIGA, paper threshold, every pass",
+                "miga-fill": "MIGA, reflection while filling", "miga-auto": "MIGA, calibrated reflection",
                 "miga-auto-fill": "MIGA, calibrated, while filling"}
 PROMPTS = {"shapes": "a red circle bouncing on a blue background", "gaussian": "drifting clouds",
            "wan-1.3b-random": "a corgi running along a beach at sunset",

@@ -145,8 +145,8 @@ def execute(jobs: Sequence[Job], spec: WorkerSpec, *, ray_address: str | None = 
             names: dict | None = None, identity: bool = False) -> Outcome:
     """Make every job not done yet; in-process one after another, or on Ray (``use_ray``: the cluster this
     process is connected to, the one at ``ray_address`` or ``RAY_ADDRESS``, or a new local one). On Ray, a
-    job whose record (and video, if ``spec.need_video``) exist (measured with ``names``, when given; with identity drift, when
-    ``identity``) is not sent out."""
+    job whose record (and video, if ``spec.need_video``) exist (measured with ``names``, when given; with
+    identity drift, when ``identity``) is not sent out."""
     if use_ray:
         return _execute_ray(jobs, spec, ray_address, workers, progress, desc, names, identity)
     return _execute_here(jobs, spec, progress, desc)
