@@ -1,6 +1,7 @@
 """``miga app`` in a real browser (Playwright driving Debian's Chromium) on the exact Gaussian world: a two-row
 timeline, Generate, frames and progress arrive, Stop checkpoints, the run is listed, Resume finishes it, the
-downloaded MP4 has every frame; an invalid prompt shows its message and starts nothing."""
+downloaded MP4 has every frame; an invalid prompt shows its message and starts nothing, and so does a refused
+MIGA switch, opening the closed accordion it sits in."""
 
 import os
 import re
@@ -102,5 +103,24 @@ def test_an_invalid_prompt_shows_its_message_and_starts_nothing(app, page):
     text_box(page, "prompt-1").fill("a purple hexagon")
     page.click("#generate")
     expect(page.locator("#prompt-1")).to_contain_text("unknown word 'hexagon'", timeout=20000)
+    page.wait_for_timeout(1000)
+    assert sorted(os.listdir(app[1])) == before
+
+
+def test_a_refused_switch_opens_the_closed_switches_and_starts_nothing(app, page):
+    """A MIGA switch's message is on its field: the closed "MIGA switches" accordion opens to show it."""
+    from playwright.sync_api import expect
+
+    before = sorted(os.listdir(app[1]))
+    choose(page, "model", "shapes (built in)")
+    text_box(page, "prompt-0").fill("a red circle bouncing on a blue background")
+    text_box(page, "prompt-1").fill("a white square orbiting on a green background")
+    page.get_by_text("MIGA switches").click()  # open, set, close again
+    text_box(page, "guides").fill("16")
+    page.get_by_text("MIGA switches").click()
+    expect(page.locator("#guides")).to_be_hidden()
+    page.click("#generate")
+    expect(page.locator("#guides")).to_be_visible(timeout=20000)
+    expect(page.locator("#guides")).to_contain_text("m_guid=16", timeout=20000)
     page.wait_for_timeout(1000)
     assert sorted(os.listdir(app[1])) == before

@@ -15,6 +15,8 @@ from miga.app import jobs, paths, settings, timeline
 from miga.errors import MigaError
 
 MAX_ROWS = 8
+SWITCH_FIELDS = (*settings.MIGA_FIELDS, "no_reflection")
+"""The settings inside the "MIGA switches" accordion."""
 CHUNK_SECONDS = 1.0  # video per streamed chunk
 PLOT_EVERY = 1.0  # seconds between redraws of the score plot
 RUN_COLUMNS = ["run", "status", "model", "method", "frames", "seed", "prompts"]
@@ -120,7 +122,7 @@ def build(models_root: str | None, runs_root: str, checkpoint_every: int | None 
                     steps = gr.Number(0, label="steps (0: preset)", precision=0, minimum=0, elem_id="steps")
                     height = gr.Number(0, label="height (0: model's)", precision=0, minimum=0, elem_id="height")
                     width = gr.Number(0, label="width (0: model's)", precision=0, minimum=0, elem_id="width")
-                with gr.Accordion("MIGA switches (empty: the preset's)", open=False):
+                with gr.Accordion("MIGA switches (empty: the preset's)", open=False, elem_id="switches") as switches:
                     with gr.Row():
                         zigzag = gr.Number(None, label="zigzag width L", precision=0, elem_id="zigzag_width")
                         stage2 = gr.Number(None, label="Stage-2 steps K2 (0: off)", precision=0,
@@ -294,6 +296,17 @@ def build(models_root: str | None, runs_root: str, checkpoint_every: int | None 
                 raise gr.Error(str(exc), print_exception=False) from None
             yield from stream(job, request, progress)
 
+        def open_switches(*values):
+            """Open the MIGA switches when the setting refused is one of them: its message is on the field,
+            which a closed accordion would hide."""
+            try:
+                settings.check(_settings(values), models_root)
+            except settings.FieldError as exc:
+                if exc.field in SWITCH_FIELDS:
+                    return gr.Accordion(open=True)
+            return gr.skip()
+
+        go.click(open_switches, inputs, switches, queue=False)
         outputs = [status, live, latest, plot, table, pick]
         gen_event = go.click(generate, inputs, outputs, validator=validate, concurrency_limit=1,
                              concurrency_id="gpu", show_progress_on=[status])
