@@ -3,7 +3,7 @@
     python scripts/tradeoff_plot.py OUT_DIR PLOT.png [--pairs-with KEY]
 
 One panel per figure (presence and shape for the shapes models, identity at each distance, the VBench-style
-overall): each row of ``OUT_DIR/results.json`` is a point at its mean NFE per frame, with the 95 % bootstrap
+overall), and the identity against distance for every row: each row of ``OUT_DIR/results.json`` is a point at its mean NFE per frame, with the 95 % bootstrap
 interval of the mean over its videos as the error bar. With ``--pairs-with KEY`` only the prompt/seed pairs
 that row KEY also has are used, so every point is measured on the same videos. Reads only the records.
 """
@@ -61,7 +61,7 @@ def interval(values):
 
 
 cols = 3
-rows_n = -(-len(panels) // cols)
+rows_n = -(-(len(panels) + 1) // cols)
 fig = Figure(figsize=(4.2 * cols, 3.3 * rows_n), layout="constrained")
 labels = {row["key"]: row["label"].replace("MIGA, self-reflection mode = ", "MIGA ") for row in result["rows"]}
 for k, (title, get) in enumerate(panels):
@@ -81,6 +81,24 @@ for k, (title, get) in enumerate(panels):
     ax.grid(alpha=0.3)
     if k == 0:
         ax.legend(fontsize=6)
+ax = fig.add_subplot(rows_n, cols, len(panels) + 1)  # identity against distance, one line per row
+for key, recs in records.items():
+    points = [(d, interval([identity(r).get(d) for r in recs])) for d in distances]
+    points = [(d, y) for d, y in points if y is not None]
+    if points:
+        ax.errorbar([d for d, _ in points], [y[0] for _, y in points], capsize=3, marker="o",
+                    yerr=[[y[0] - y[1] for _, y in points], [y[2] - y[0] for _, y in points]], label=labels[key])
+reference = (result.get("identity") or {}).get("reference") or {}
+truth = [(int(d), v.get("identity_true_world", v.get("identity_prior"))) for d, v in reference.items()]
+truth = [(d, v) for d, v in truth if v is not None]
+if truth:
+    ax.plot([d for d, _ in truth], [v for _, v in truth], "k--", label="true world clips")
+ax.legend(fontsize=6)
+ax.set_xscale("log", base=2)
+ax.set_title(name.split(" (")[0] + " against distance", fontsize=9)
+ax.set_xlabel("frames from the start", fontsize=8)
+ax.tick_params(labelsize=7)
+ax.grid(alpha=0.3)
 fig.suptitle(f"{result['model']}, {result['frames']} frames: mean [95 % bootstrap interval] over videos", fontsize=10)
 fig.savefig(args.plot, dpi=110)
 print(f"wrote {args.plot}")
