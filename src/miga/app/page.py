@@ -204,7 +204,8 @@ def build(models_root: str | None, runs_root: str, checkpoint_every: int | None 
                 return [gr.skip()] * (2 * MAX_ROWS + 1 + MAX_ROWS) + [f"**{exc}**"]
             if len(rows) > MAX_ROWS:
                 return [gr.skip()] * (2 * MAX_ROWS + 1 + MAX_ROWS) + [
-                    f"**prompt file has {len(rows)} prompts; the page takes {MAX_ROWS}**"]
+                    f"**prompt file has {len(rows)} prompts; the page takes {MAX_ROWS}: run longer schedules "
+                    f"with `miga generate --prompts FILE`**"]
             rows += [("", "")] * (MAX_ROWS - len(rows))
             n = max(2, sum(1 for s, p in rows if p))
             return [s for s, _ in rows] + [p for _, p in rows] + [n, *visible(n), gr.skip()]
