@@ -1,6 +1,6 @@
 """95 % bootstrap intervals (over videos) of a ``miga ablate`` results folder's key figures, as markdown.
 
-    python scripts/bootstrap_table.py OUT_DIR [RESAMPLES]
+    python scripts/bootstrap_table.py OUT_DIR [RESAMPLES] [--against=ROW_KEY]
 
 Per row: the identity at each distance (Gaussian worlds: the block-mean identity correlation, 1 kept, 0
 forgotten; shapes models: the hidden attributes' drift, 0 kept, about 1 forgotten, and the world's presence and
@@ -13,8 +13,10 @@ import sys
 
 import numpy as np
 
-out = sys.argv[1]
-resamples = int(sys.argv[2]) if len(sys.argv) > 2 else 10_000
+args = [a for a in sys.argv[1:] if not a.startswith("--against=")]
+against = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--against=")), None)
+out = args[0]
+resamples = int(args[1]) if len(args) > 1 else 10_000
 result = json.load(open(os.path.join(out, "results.json")))
 rng = np.random.default_rng(0)
 
@@ -57,9 +59,9 @@ for row in rows:
               interval([r["seconds_per_frame"] for r in recs]), interval([r["reflection_triggers"] for r in recs])]
     print("| " + " | ".join(cells) + " |")
 
-# Paired differences against the first row: the same prompt and seed in both rows, so the prompt's own
+# Paired differences against the first row (or --against=KEY): the same prompt and seed in both rows, so the prompt's own
 # difficulty cancels. An interval that excludes 0 is a significant difference at the 5 % level.
-base_row = rows[0]
+base_row = next(r for r in rows if r["key"] == against) if against else rows[0]
 base = {(r["key"]["prompt"], r["key"]["seed"]): r for r in records[base_row["key"]]}
 metrics = ([("presence", lambda r: r["world"]["presence"]), ("shape", lambda r: r["world"]["shape_accuracy"])]
            if world else [])
@@ -70,7 +72,7 @@ print(f"Paired differences, row minus {base_row['label']} (same prompt and seed)
 print()
 print("| row | pairs | " + " | ".join(name for name, _ in metrics) + " |")
 print("|" + "|".join(["---"] + ["---:"] * (len(metrics) + 1)) + "|")
-for row in rows[1:]:
+for row in (r for r in rows if r is not base_row):
     pairs = [(base[k], r) for r in records[row["key"]] if (k := (r["key"]["prompt"], r["key"]["seed"])) in base]
     cells = [row["label"], str(len(pairs))]
     for _, get in metrics:
