@@ -272,7 +272,8 @@ class MIGAConfig(_SamplingFields):
     @classmethod
     def shapes(cls) -> "MIGAConfig":
         """The built-in shapes models (f_0 = 16): the Gaussian world's numbers with CFG 5 (:data:`SHAPES_GUIDANCE`),
-        self-reflection as the paper (delta = 0.01, every pass) until model v2's measurement decides."""
+        self-reflection as the paper (delta = 0.01, every pass): on model v2 the cheaper modes lose presence and
+        shape accuracy against it (issue 15; docs/results.md)."""
         return cls.gaussian().with_(guidance_scale=SHAPES_GUIDANCE, reflection_calibration="fixed",
                                     reflect_during="all")
 
