@@ -59,8 +59,8 @@ for row in rows:
               interval([r["seconds_per_frame"] for r in recs]), interval([r["reflection_triggers"] for r in recs])]
     print("| " + " | ".join(cells) + " |")
 
-# Paired differences against the first row (or --against=KEY): the same prompt and seed in both rows, so the prompt's own
-# difficulty cancels. An interval that excludes 0 is a significant difference at the 5 % level.
+# Paired differences against the first row (or --against=KEY): the same prompt and seed in both rows, so the
+# prompt's own difficulty cancels. An interval that excludes 0 is a significant difference at the 5 % level.
 base_row = next(r for r in rows if r["key"] == against) if against else rows[0]
 base = {(r["key"]["prompt"], r["key"]["seed"]): r for r in records[base_row["key"]]}
 metrics = ([("presence", lambda r: r["world"]["presence"]), ("shape", lambda r: r["world"]["shape_accuracy"])]

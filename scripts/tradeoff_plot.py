@@ -3,8 +3,8 @@
     python scripts/tradeoff_plot.py OUT_DIR PLOT.png [--pairs-with KEY]
 
 One panel per figure (presence and shape for the shapes models, identity at each distance, the VBench-style
-overall), and the identity against distance for every row: each row of ``OUT_DIR/results.json`` is a point at its mean NFE per frame, with the 95 % bootstrap
-interval of the mean over its videos as the error bar. With ``--pairs-with KEY`` only the prompt/seed pairs
+overall), and the identity against distance for every row: each row of ``OUT_DIR/results.json`` is a point at
+its mean NFE per frame, with the 95 % bootstrap interval of the mean over its videos as the error bar. With ``--pairs-with KEY`` only the prompt/seed pairs
 that row KEY also has are used, so every point is measured on the same videos. Reads only the records.
 """
 import argparse
