@@ -170,8 +170,8 @@ def recorded(out: str, rows: Sequence[Row], jobs: list, meters) -> tuple[list[Ro
     have any; refused in one line when there are none."""
     from miga.runner.jobs import finished
 
-    done = [j for j in jobs if (r := finished(out, j, meters.names, need_video=False)) is not None
-            and (not meters.identity or r.get("identity") is not None)]
+    done = [j for j in jobs if finished(out, j, meters.names, need_video=False,
+                                        need_identity=bool(meters.identity)) is not None]
     if not done:
         raise MigaError(f"--recorded-only: no run of this command is recorded in {os.path.join(out, 'runs')} yet; "
                         "drop --recorded-only to make them")

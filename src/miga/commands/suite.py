@@ -220,8 +220,8 @@ def _run(args, kind, entries, methods, seeds, model, local, start_pool, t0) -> i
     outcome = Outcome(where="Ray" if start_pool is not None else "in-process")
     todo = []
     for job in jobs:  # done on disk: never sent out
-        done = finished(args.out, job, model["names"])
-        if done is not None and (not model["identity"] or done.get("identity") is not None):
+        done = finished(args.out, job, model["names"], need_identity=bool(model["identity"]))
+        if done is not None:
             outcome.records[job.digest] = done
             outcome.done += 1
         else:

@@ -20,6 +20,8 @@ from miga.runner.jobs import Job, Meters, finished, run_job
 
 ATTEMPTS = 3
 """Times a job is tried when its worker dies under it (a raised error is not retried: it would repeat)."""
+PROBE_INTERVAL = 0.2
+"""Seconds between questions to a worker Ray is restarting."""
 RAY_HINT = 'to run the videos in parallel on this machine\'s GPUs or a cluster: pip install "miga-video[cluster]"'
 
 
@@ -242,8 +244,8 @@ def _execute_ray(jobs, spec, address, workers, progress, desc, names, identity) 
     outcome = Outcome(where="Ray")
     todo = []
     for job in jobs:  # done on disk: never sent out
-        record = finished(spec.out_dir, job, names, need_video=spec.need_video)
-        if record is not None and (not identity or record.get("identity") is not None):
+        record = finished(spec.out_dir, job, names, need_video=spec.need_video, need_identity=bool(identity))
+        if record is not None:
             outcome.records[job.digest] = record
             outcome.done += 1
         else:
@@ -314,14 +316,16 @@ class RayPool:
             self.timing["close_seconds"] = time.perf_counter() - t0
 
     def run(self, todo, outcome: Outcome, total: int, progress: bool, desc: str) -> None:
+        """Run ``todo`` on the workers. A job is sent only to a worker that has answered a probe, so a worker
+        Ray is still restarting (after it died) is waited for, not handed jobs that would bounce off it."""
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
         ray = self.ray
-        idle = list(self.actors)
+        idle: list = []
+        probes = {actor.names.remote(): actor for actor in self.actors}  # ref -> worker not known to be up
         queue = list(todo)
         attempts = {job.digest: 0 for job in todo}
-        running: dict = {}  # ref -> (job, actor)
-        deaths: dict = {}
+        running: dict = {}  # ref -> (job, actor, sent)
         overheads: list[float] = []  # per video: the driver's round trip less the worker's own time
         outcome.timing = self.timing
         bar = _bar(total, total - len(todo), desc, progress)
@@ -337,10 +341,21 @@ class RayPool:
                     attempts[job.digest] += 1
                     running[actor.run_timed.remote(job)] = (job, actor, time.perf_counter())
                 status()
-                if not running:
+                if not running and not probes:
                     break  # no worker left
-                ready, _ = ray.wait(list(running), num_returns=1)
+                ready, _ = ray.wait(list(running) + list(probes), num_returns=1)
                 for ref in ready:
+                    if ref in probes:
+                        actor = probes.pop(ref)
+                        try:
+                            ray.get(ref)
+                            idle.append(actor)
+                        except ActorUnavailableError:  # restarting: ask again shortly
+                            time.sleep(PROBE_INTERVAL)
+                            probes[actor.names.remote()] = actor
+                        except RayActorError:  # out of restarts: gone for good
+                            pass
+                        continue
                     job, actor, sent = running.pop(ref)
                     try:
                         record, state, seconds = ray.get(ref)
@@ -351,7 +366,6 @@ class RayPool:
                         idle.append(actor)
                         continue
                     except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
-                        deaths[id(actor)] = deaths.get(id(actor), 0) + 1
                         if attempts[job.digest] < ATTEMPTS:
                             outcome.retried += 1
                             queue.insert(0, job)  # continues from its checkpoint on the next free worker
@@ -359,8 +373,7 @@ class RayPool:
                             outcome.failed[job.digest] = (f"{job.label}: its worker died {ATTEMPTS} times "
                                                           f"({type(exc).__name__})")
                             bar.update(1)
-                        if deaths[id(actor)] <= ATTEMPTS:
-                            idle.append(actor)  # Ray restarts it (max_restarts); else it is gone for good
+                        probes[actor.names.remote()] = actor  # Ray restarts it (max_restarts), or it is gone
                         continue
                     outcome.records[job.digest] = record
                     outcome.count(record, state)

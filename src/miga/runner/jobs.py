@@ -258,14 +258,18 @@ def paths(out_dir: str, job: Job) -> tuple[str, str, str]:
     return base + ".json", base + ".mp4", base
 
 
-def finished(out_dir: str, job: Job, names: dict | None = None, need_video: bool = True) -> dict | None:
-    """The job's record if it is done (record there, and its video unless not ``need_video``; with
-    ``names``: measured with those extractors), else None."""
+def finished(out_dir: str, job: Job, names: dict | None = None, need_video: bool = True,
+             need_identity: bool = False) -> dict | None:
+    """The job's record if it is done on disk, else None: its record is there, and its video unless not
+    ``need_video``; with ``names``, measured with those extractors; with ``need_identity``, holding identity
+    drift (records made before it was measured do not)."""
     json_path, video_path, _ = paths(out_dir, job)
     if need_video and not os.path.isfile(video_path):
         return None
     record = load_record(json_path, job)
     if record is None or (names is not None and record.get("extractors") != names):
+        return None
+    if need_identity and record.get("identity") is None:
         return None
     return record
 
@@ -282,21 +286,18 @@ def run_job(backbone, job: Job, out_dir: str, meters: Meters, *, checkpoint_ever
     os.makedirs(os.path.dirname(json_path), exist_ok=True)
     frames = job.frames
     latents_path = latents_path_of(video_path) if meters.identity == "gaussian" else None
+    done = finished(out_dir, job, meters.names, need_video=need_video, need_identity=bool(meters.identity))
+    if done is not None:
+        return done, "done"
     record = load_record(json_path, job)
-    if record is not None and not os.path.isfile(video_path):
-        if not need_video and record.get("extractors") == meters.names and \
-                (not meters.identity or record.get("identity") is not None):
-            return record, "done"
+    if record is not None and not os.path.isfile(video_path):  # its video is needed: make the run again
         record = None
         _clear_orphan_run(run_dir, video_path)
-    if record is not None and record.get("extractors") == meters.names:
-        status = "done"
-        if meters.identity and record.get("identity") is None:  # recorded before identity was measured
-            regenerated = latents_path is not None and not os.path.isfile(latents_path)
-            record["identity"] = _measure_identity(backbone, job, frames, video_path, meters)
-            status = "identity+latents" if regenerated else "identity"
-            atomic_write_text(json_path, json.dumps(record, indent=1) + "\n")
-        return record, status
+    if record is not None and record.get("extractors") == meters.names:  # recorded before identity was measured
+        regenerated = latents_path is not None and not os.path.isfile(latents_path)
+        record["identity"] = _measure_identity(backbone, job, frames, video_path, meters)
+        atomic_write_text(json_path, json.dumps(record, indent=1) + "\n")
+        return record, "identity+latents" if regenerated else "identity"
     if record is None:  # generate; otherwise only the metrics changed (other extractors)
         status = "made"
         record = {"key": job.key, "video": os.path.relpath(video_path, out_dir),
