@@ -180,6 +180,34 @@ def test_a_worker_killed_mid_video_is_retried_and_makes_the_same_latents(ray_clu
     assert torch.equal(a, b)
 
 
+def test_a_lone_worker_killed_mid_video_is_waited_for_not_given_up(ray_cluster, tmp_path):
+    """With one worker, the retried job must wait while Ray restarts it: sent at once, it would bounce off the
+    restarting worker until its attempts ran out."""
+    from miga.config import preset
+    from miga.runner.execute import Outcome, RayPool, WorkerSpec
+    from miga.runner.jobs import make_job
+
+    job = make_job("fifo", preset("gaussian", "fifo"), 0, "drifting clouds", 5, 32, "gaussian",
+                   {"height": 32, "width": 32})
+    out = tmp_path / "lone"
+    pool = RayPool(WorkerSpec({"model": "gaussian", "height": 32, "width": 32}, str(out), checkpoint_every=8,
+                              frame_delay=0.05), None, 1, 1)
+    outcome = Outcome()
+    thread = threading.Thread(target=pool.run, args=([job], outcome, 1, False, "suite"))
+    try:
+        thread.start()
+        who = out / "runs" / (job.digest + ".worker")
+        deadline = time.time() + 60
+        while not (out / "runs" / job.digest / "checkpoint.safetensors").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(json.loads(who.read_text())["pid"], signal.SIGKILL)
+        thread.join(120)
+    finally:
+        pool.close()
+    assert not thread.is_alive()
+    assert outcome.failed == {} and outcome.retried == 1 and outcome.made == 1
+
+
 def test_ablate_on_ray_gives_the_in_process_table(ray_cluster, tmp_path, capsys):
     argv = ["ablate", "--model", "gaussian", "--height", "32", "--width", "32", "--frames", "16", "--seeds", "0",
             "--rows", "fifo,miga", "--sweeps", "none", "--prompt", "drifting clouds", "--no-progress"]
