@@ -180,6 +180,41 @@ def test_a_worker_killed_mid_video_is_retried_and_makes_the_same_latents(ray_clu
     assert torch.equal(a, b)
 
 
+def test_a_copied_out_folder_continues_its_unfinished_run(tmp_path):
+    """Run dirs record absolute output paths; a runner's outputs sit beside its run dir, so an --out folder
+    copied elsewhere continues there (writing there) and makes the latents of an uninterrupted run."""
+    from miga.config import preset
+    from miga.evaluation.latents import read_latents
+    from miga.runner.execute import Worker, WorkerSpec
+    from miga.runner.jobs import make_job
+
+    class Stop(Exception):
+        pass
+
+    job = make_job("fifo", preset("gaussian", "fifo"), 0, "drifting clouds", 3, 32, "gaussian",
+                   {"height": 32, "width": 32})
+    load = {"model": "gaussian", "height": 32, "width": 32}
+    torch.set_num_threads(1)
+    first, copied, here = tmp_path / "first", tmp_path / "copied", tmp_path / "here"
+    frames = []
+
+    def stop_at_20():
+        frames.append(1)
+        if len(frames) == 20:
+            raise Stop
+
+    with pytest.raises(Stop):
+        Worker(WorkerSpec(load, str(first), threads=1, checkpoint_every=8)).run(job, on_frame=stop_at_20)
+    assert (first / "runs" / job.digest / "checkpoint.safetensors").is_file()
+    shutil.copytree(first, copied)
+    shutil.rmtree(first)
+    record, state = Worker(WorkerSpec(load, str(copied), threads=1, checkpoint_every=8)).run(job)
+    assert state == "made" and (copied / "runs" / (job.digest + ".mp4")).is_file() and not first.exists()
+    Worker(WorkerSpec(load, str(here), threads=1, checkpoint_every=8)).run(job)
+    name = job.digest + ".latents.safetensors"
+    assert torch.equal(read_latents(str(copied / "runs" / name))[0], read_latents(str(here / "runs" / name))[0])
+
+
 def test_a_lone_worker_killed_mid_video_is_waited_for_not_given_up(ray_cluster, tmp_path):
     """With one worker, the retried job must wait while Ray restarts it: sent at once, it would bounce off the
     restarting worker until its attempts ran out."""

@@ -148,6 +148,21 @@ def read_record(run_dir: str) -> dict:
     return record
 
 
+def _only_moved(stored: dict, new: dict) -> bool:
+    """Whether two run records differ only in where their outputs are, each output under the same name (a run
+    folder copied or moved with its outputs)."""
+    a, b = stored.get("outputs", {}), new.get("outputs", {})
+    if stored.get("video") != new.get("video") or set(a) != set(b):
+        return False
+    for key in a:
+        if key in ("out", "latents") and a[key] is not None and b[key] is not None:
+            if os.path.basename(a[key]) != os.path.basename(b[key]):
+                return False
+        elif a[key] != b[key]:
+            return False
+    return True
+
+
 def _digest(record: dict) -> str:
     text = json.dumps({"video": record["video"], "outputs": record["outputs"]}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -205,14 +220,16 @@ class VideoRun:
     @classmethod
     def create(cls, video, run_dir: str, out: str, *, checkpoint_every: int | None = None,
                save_latents: str | None = None, load: dict | None = None, cli: dict | None = None,
-               resuming: bool = False) -> "VideoRun":
+               resuming: bool = False, moved_with_run: bool = False) -> "VideoRun":
         """A run of ``video`` in ``run_dir`` writing ``out``. If ``run_dir`` already holds a run of the same
         video, that run is continued; one of a different video is refused, naming the difference.
 
         ``load``: the :func:`~miga.pipeline.load_backbone` arguments that rebuild the backbone on
         :meth:`resume` (default: those a backbone from ``load_backbone`` keeps in ``load_args``; without
         them, pass the backbone to :meth:`resume`); ``cli``: the command-line
-        options, recorded for ``miga generate --resume``; ``resuming``: the run must exist already.
+        options, recorded for ``miga generate --resume``; ``resuming``: the run must exist already;
+        ``moved_with_run``: the outputs sit beside ``run_dir`` and travel with it (the runner's ``OUT/runs``),
+        so a run whose folder was copied or moved continues, writing its outputs where they are now.
         """
         if load is None:  # a backbone from load_backbone() says how it was built
             load = getattr(video.backbone, "load_args", None)
@@ -233,6 +250,12 @@ class VideoRun:
         if resuming or os.path.exists(path):
             stored = read_record(run_dir)
             diff = difference(stored, record)
+            if diff and moved_with_run and _only_moved(stored, record):
+                stored.setdefault("moved_from", []).append(stored["outputs"])  # checkpoints name the run by these
+                stored["outputs"] = {**stored["outputs"], "out": record["outputs"]["out"],
+                                     "latents": record["outputs"]["latents"]}
+                durable_write_bytes(path, (json.dumps(stored, indent=1) + "\n").encode())
+                diff = None
             if diff and resuming:
                 raise RunDifference(f"cannot resume {run_dir} with these options: {diff}; leave the option out to "
                                     "continue the run as it was, or start a new --run-dir", diff, stored)
@@ -307,7 +330,10 @@ class VideoRun:
         if not os.path.exists(self.checkpoint_path):
             return None
         state = load_state(self.checkpoint_path)
-        if not isinstance(state, dict) or state.get("run") != _digest(self.record):
+        names = {_digest(self.record)}
+        for outputs in self.record.get("moved_from", []):  # a moved run: checkpoints taken before a move
+            names.add(_digest({**self.record, "outputs": outputs}))
+        if not isinstance(state, dict) or state.get("run") not in names:
             raise MigaError(f"checkpoint {self.checkpoint_path} belongs to a different run than "
                             f"{os.path.join(self.run_dir, RUN_FILE)}")
         try:

@@ -103,7 +103,8 @@ def generate_video(backbone, job: Job, frames: int, path: str, latents_path: str
 
     video = LongVideo(backbone, _schedule(job), frames, job.config, seed=job.seed)
     run = VideoRun.create(video, run_dir or path[:-len(".mp4")], path, checkpoint_every=checkpoint_every,
-                          save_latents=latents_path, load=getattr(backbone, "load_args", None) or {})
+                          save_latents=latents_path, load=getattr(backbone, "load_args", None) or {},
+                          moved_with_run=run_dir is not None)
 
     def frame_done():
         if frame_delay:
