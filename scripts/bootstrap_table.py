@@ -7,43 +7,34 @@ forgotten; shapes models: the hidden attributes' drift, 0 kept, about 1 forgotte
 shape accuracy), the VBench-Long overall score, NFE and seconds per frame, and self-reflection searches
 triggered per video, each as mean [2.5 %, 97.5 %] of the mean over 10,000 resamples of the videos (seed 0).
 """
-import json
-import os
 import sys
 
 import numpy as np
+
+from ablation_records import bootstrap, identity, load_records, pair
 
 args = [a for a in sys.argv[1:] if not a.startswith("--against=")]
 against = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--against=")), None)
 out = args[0]
 resamples = int(args[1]) if len(args) > 1 else 10_000
-result = json.load(open(os.path.join(out, "results.json")))
+result, records = load_records(out)
 rng = np.random.default_rng(0)
 
 
 def interval(values) -> str:
-    v = np.asarray([x for x in values if x is not None], dtype=float)
-    if not len(v):
+    found = bootstrap(values, resamples, rng)
+    if found is None:
         return "-"
-    means = rng.choice(v, (resamples, len(v))).mean(1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    digits = 3 if abs(v.mean()) < 10 else 1
-    return f"{v.mean():.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
-
-
-def identity(record: dict) -> dict[int, float]:
-    ident = record.get("identity") or {}
-    rows = ident.get("identity_drift") or ident.get("drift") or []
-    if isinstance(rows, dict):  # shapes: {distance: mean drift over the attributes measured there}
-        return {int(d): v for d, v in rows.items() if v is not None}
-    return {int(r.get("distance", r.get("lag"))): r["measured"] for r in rows if isinstance(r, dict)}
+    mean, lo, hi = found
+    digits = 3 if abs(mean) < 10 else 1
+    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
 rows = result["rows"]
-records = {row["key"]: [json.load(open(os.path.join(out, v[:-len(".mp4")] + ".json"))) for v in row["videos"]]
-           for row in rows}
+if against is not None and against not in records:
+    sys.exit(f"--against: {out} has no row {against!r} (its rows: {', '.join(records)})")
 distances = sorted({d for recs in records.values() for r in recs for d in identity(r)})
-world = any("world" in r for recs in records.values() for r in recs)
+world = any(r.get("world") for recs in records.values() for r in recs)
 label = "id drift" if world else "identity"
 heads = (["row", "videos"] + (["presence", "shape"] if world else []) + [f"{label} {d}" for d in distances]
          + ["overall", "NFE/frame", "s/frame", "searches/video"])
@@ -62,7 +53,7 @@ for row in rows:
 # Paired differences against the first row (or --against=KEY): the same prompt and seed in both rows, so the
 # prompt's own difficulty cancels. An interval that excludes 0 is a significant difference at the 5 % level.
 base_row = next(r for r in rows if r["key"] == against) if against else rows[0]
-base = {(r["key"]["prompt"], r["key"]["seed"]): r for r in records[base_row["key"]]}
+base = {pair(r): r for r in records[base_row["key"]]}
 metrics = ([("presence", lambda r: r["world"]["presence"]), ("shape", lambda r: r["world"]["shape_accuracy"])]
            if world else [])
 metrics += [(f"{label} {d}", lambda r, d=d: identity(r).get(d)) for d in distances]
@@ -73,7 +64,7 @@ print()
 print("| row | pairs | " + " | ".join(name for name, _ in metrics) + " |")
 print("|" + "|".join(["---"] + ["---:"] * (len(metrics) + 1)) + "|")
 for row in (r for r in rows if r is not base_row):
-    pairs = [(base[k], r) for r in records[row["key"]] if (k := (r["key"]["prompt"], r["key"]["seed"])) in base]
+    pairs = [(base[pair(r)], r) for r in records[row["key"]] if pair(r) in base]
     cells = [row["label"], str(len(pairs))]
     for _, get in metrics:
         diffs = [get(r) - get(b) for b, r in pairs if get(r) is not None and get(b) is not None]

@@ -8,11 +8,11 @@ its mean NFE per frame, with the 95 % bootstrap interval of the mean over its vi
 that row KEY also has are used, so every point is measured on the same videos. Reads only the records.
 """
 import argparse
-import json
-import os
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from ablation_records import bootstrap, identity, load_records, pair
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("out")
@@ -20,26 +20,10 @@ parser.add_argument("plot")
 parser.add_argument("--pairs-with", metavar="KEY", help="use only the prompt/seed pairs this row has")
 parser.add_argument("--resamples", type=int, default=10_000)
 args = parser.parse_args()
-result = json.load(open(os.path.join(args.out, "results.json")))
+result, records = load_records(args.out)
 rng = np.random.default_rng(0)
-
-
-def load(video):
-    return json.load(open(os.path.join(args.out, video[:-len(".mp4")] + ".json")))
-
-
-def identity(record):
-    rows = (record.get("identity") or {}).get("identity_drift") or []
-    if isinstance(rows, dict):
-        return {int(d): v for d, v in rows.items() if v is not None}
-    return {int(r.get("distance", r.get("lag"))): r["measured"] for r in rows if isinstance(r, dict)}
-
-
-def pair(record):
-    return record["key"]["prompt"], record["key"]["seed"]
-
-
-records = {row["key"]: [load(v) for v in row["videos"]] for row in result["rows"]}
+if args.pairs_with and args.pairs_with not in records:
+    parser.error(f"--pairs-with: {args.out} has no row {args.pairs_with!r} (its rows: {', '.join(records)})")
 if args.pairs_with:
     keep = {pair(r) for r in records[args.pairs_with]}
     records = {k: [r for r in recs if pair(r) in keep] for k, recs in records.items()}
@@ -53,11 +37,7 @@ panels += [("VBench-style overall", lambda r: r["vbench"]["overall"])]
 
 
 def interval(values):
-    v = np.asarray([x for x in values if x is not None], dtype=float)
-    if not len(v):
-        return None
-    means = rng.choice(v, (args.resamples, len(v))).mean(1)
-    return v.mean(), *np.percentile(means, [2.5, 97.5])
+    return bootstrap(values, args.resamples, rng)
 
 
 cols = 3

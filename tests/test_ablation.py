@@ -94,6 +94,29 @@ def tiny_run(tmp_path_factory):
     return out
 
 
+def test_bootstrap_script_reads_the_records(tiny_run):
+    """scripts/bootstrap_table.py (the intervals in docs/results.md): each row's mean is its records' mean, and
+    the paired table pairs every video of a row with the first row's."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bootstrap_table.py"
+    done = subprocess.run([sys.executable, str(script), str(tiny_run), "200"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    tables = [t for t in done.stdout.split("\n\n") if t.startswith("|")]
+    head, *body = [line.split("|")[1:-1] for line in tables[0].splitlines() if not line.startswith("|---")]
+    head = [h.strip() for h in head]
+    result = json.loads((tiny_run / "results.json").read_text())
+    for row, cells in zip(result["rows"], body):
+        records = [json.loads((tiny_run / (v[:-len(".mp4")] + ".json")).read_text()) for v in row["videos"]]
+        mean = sum(r["vbench"]["overall"] for r in records) / len(records)
+        assert cells[0].strip() == row["label"] and int(cells[1]) == len(records)
+        assert float(cells[head.index("overall")].split("[")[0]) == pytest.approx(mean, abs=5e-4)
+    paired = [line.split("|")[1:-1] for line in tables[1].splitlines()[2:]]
+    assert [(c[0].strip(), int(c[1])) for c in paired] == [(r["label"], len(r["videos"])) for r in result["rows"][1:]]
+
+
 def test_end_to_end_writes_a_table_per_config(tiny_run):
     text = (tiny_run / "results.md").read_text()
     assert text.startswith("Command: `miga ablate --model gaussian --height 32 --width 32 --frames 24 --seeds 0 ")
