@@ -14,6 +14,20 @@ def load_records(out: str) -> tuple[dict, dict]:
     return result, records
 
 
+def load_many(outs: list[str]) -> tuple[dict, dict]:
+    """:func:`load_records` of several folders as one: rows keyed ``FOLDER:KEY`` and labelled ``LABEL (FOLDER)``,
+    FOLDER being each folder's name."""
+    rows, records = [], {}
+    for out in outs:
+        name = os.path.basename(os.path.normpath(out))
+        result, found = load_records(out)
+        for row in result["rows"]:
+            key = f"{name}:{row['key']}"
+            rows.append({**row, "key": key, "label": f"{row['label']} ({name})"})
+            records[key] = found[row["key"]]
+    return {"rows": rows}, records
+
+
 def identity(record: dict) -> dict[int, float]:
     """Identity at each distance: the shapes models' hidden-attribute drift (0 kept, about 1 forgotten) or a
     Gaussian world's identity correlation (1 kept, 0 forgotten)."""

@@ -1,23 +1,26 @@
 """95 % bootstrap intervals (over videos) of a ``miga ablate`` results folder's key figures, as markdown.
 
-    python scripts/bootstrap_table.py OUT_DIR [RESAMPLES] [--against=ROW_KEY]
+    python scripts/bootstrap_table.py OUT_DIR [OUT_DIR ...] [RESAMPLES] [--against=ROW_KEY]
 
 Per row: the identity at each distance (Gaussian worlds: the block-mean identity correlation, 1 kept, 0
 forgotten; shapes models: the hidden attributes' drift, 0 kept, about 1 forgotten, and the world's presence and
 shape accuracy), the VBench-Long overall score, NFE and seconds per frame, and self-reflection searches
 triggered per video, each as mean [2.5 %, 97.5 %] of the mean over 10,000 resamples of the videos (seed 0).
+Then each row's paired differences against the first row (or ROW_KEY). With several folders (two models, say)
+their rows are put side by side, keyed ``FOLDER:KEY`` (FOLDER: the folder's name), and paired across folders
+by prompt and seed.
 """
 import sys
 
 import numpy as np
 
-from ablation_records import bootstrap, identity, load_records, pair
+from ablation_records import bootstrap, identity, load_many, load_records, pair
 
 args = [a for a in sys.argv[1:] if not a.startswith("--against=")]
 against = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--against=")), None)
-out = args[0]
-resamples = int(args[1]) if len(args) > 1 else 10_000
-result, records = load_records(out)
+resamples = int(args.pop()) if len(args) > 1 and args[-1].isdigit() else 10_000
+out = " and ".join(args)
+result, records = load_records(args[0]) if len(args) == 1 else load_many(args)
 rng = np.random.default_rng(0)
 
 

@@ -94,9 +94,10 @@ def tiny_run(tmp_path_factory):
     return out
 
 
-def test_bootstrap_script_reads_the_records(tiny_run):
+def test_bootstrap_script_reads_the_records(tiny_run, tmp_path):
     """scripts/bootstrap_table.py (the intervals in docs/results.md): each row's mean is its records' mean, and
     the paired table pairs every video of a row with the first row's."""
+    import shutil
     import subprocess
     import sys
     from pathlib import Path
@@ -115,6 +116,17 @@ def test_bootstrap_script_reads_the_records(tiny_run):
         assert float(cells[head.index("overall")].split("[")[0]) == pytest.approx(mean, abs=5e-4)
     paired = [line.split("|")[1:-1] for line in tables[1].splitlines()[2:]]
     assert [(c[0].strip(), int(c[1])) for c in paired] == [(r["label"], len(r["videos"])) for r in result["rows"][1:]]
+    # two folders (two models, say): side by side, paired across them by prompt and seed
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run, other)
+    done = subprocess.run([sys.executable, str(script), str(tiny_run), str(other), "200", "--against=other:fifo"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    paired = [line.split("|")[1:-1] for line in done.stdout.split("\n\n")[-1].splitlines()[2:]]
+    labels = [r["label"] for r in result["rows"]]
+    assert [c[0].strip() for c in paired] == [f"{x} ({tiny_run.name})" for x in labels] + [
+        f"{x} (other)" for x in labels[1:]]
+    assert paired[0][-1].strip() == "0.000 [0.000, 0.000]"  # FIFO against its own copy: overall differs by 0
 
 
 def test_end_to_end_writes_a_table_per_config(tiny_run):
