@@ -246,11 +246,14 @@ def test_recorded_only_makes_nothing_and_says_what_is_missing(tiny_run, tmp_path
     fifo = next(r for r in result["rows"] if r["key"] == "fifo")
     for video in fifo["videos"]:  # FIFO's runs were never made
         (out / video).with_suffix(".json").unlink()
+    for worker in (out / "runs").glob("*.worker"):
+        worker.unlink()
     calls = []
     monkeypatch.setattr(jobs, "generate_video", lambda *a, **k: calls.append(a[1].rows))
     code, text, err = run(capsys, *TINY, "--rows", "fifo,miga", "--sweeps", "threshold", "--thresholds", "0.01",
                           "--recorded-only", "--out", out)
     assert code == 0 and calls == [], err
+    assert not list((out / "runs").glob("*.worker"))  # no process claimed a job it did not work on
     rows = table_rows(text)
     assert "FIFO-Diffusion" not in rows and rows["MIGA"][2] == "3" and "delta_adju = 0.01 (= miga)" in "".join(rows)
     assert "Only the 3 of 6 runs recorded so far" in text

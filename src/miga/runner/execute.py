@@ -97,12 +97,16 @@ class Worker:
         return record, status, time.perf_counter() - t0
 
     def run(self, job: Job, on_frame: Callable[[], None] | None = None) -> tuple[dict, str]:
-        """Make and measure ``job`` (see :func:`~miga.runner.jobs.run_job`); first says which process works
-        on it (``runs/DIGEST.worker``)."""
+        """Make and measure ``job`` (see :func:`~miga.runner.jobs.run_job`); unless it is done already, first
+        says which process works on it (``runs/DIGEST.worker``)."""
         import json
 
         from miga.video import atomic_write_text
 
+        done = finished(self.spec.out_dir, job, self.meters.names, need_video=self.spec.need_video,
+                        need_identity=bool(self.meters.identity))
+        if done is not None:
+            return done, "done"
         runs = os.path.join(self.spec.out_dir, "runs")
         os.makedirs(runs, exist_ok=True)
         atomic_write_text(os.path.join(runs, job.digest + ".worker"),
