@@ -17,15 +17,17 @@ def load_records(out: str) -> tuple[dict, dict]:
 def load_many(outs: list[str]) -> tuple[dict, dict]:
     """:func:`load_records` of several folders as one: rows keyed ``FOLDER:KEY`` and labelled ``LABEL (FOLDER)``,
     FOLDER being each folder's name."""
-    rows, records = [], {}
+    rows, records, first = [], {}, None
     for out in outs:
         name = os.path.basename(os.path.normpath(out))
         result, found = load_records(out)
+        first = first or result
         for row in result["rows"]:
             key = f"{name}:{row['key']}"
             rows.append({**row, "key": key, "label": f"{row['label']} ({name})"})
             records[key] = found[row["key"]]
-    return {"rows": rows}, records
+    names = ", ".join(os.path.basename(os.path.normpath(out)) for out in outs)
+    return {**first, "rows": rows, "model": names}, records  # the first folder's other fields
 
 
 def identity(record: dict) -> dict[int, float]:

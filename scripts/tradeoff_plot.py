@@ -1,26 +1,29 @@
 """Self-reflection's cost against its quality (issue 15's trade-off curve), from a ``miga ablate`` folder.
 
-    python scripts/tradeoff_plot.py OUT_DIR PLOT.png [--pairs-with KEY]
+    python scripts/tradeoff_plot.py OUT_DIR [OUT_DIR ...] PLOT.png [--pairs-with KEY]
 
 One panel per figure (presence and shape for the shapes models, identity at each distance, the VBench-style
 overall), and the identity against distance for every row: each row of ``OUT_DIR/results.json`` is a point at
 its mean NFE per frame, with the 95 % bootstrap interval of the mean over its videos as the error bar. With ``--pairs-with KEY`` only the prompt/seed pairs
-that row KEY also has are used, so every point is measured on the same videos. Reads only the records.
+that row KEY also has are used, so every point is measured on the same videos. Several folders (two models,
+say) are plotted together, their rows keyed ``FOLDER:KEY``. Reads only the records.
 """
 import argparse
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from ablation_records import bootstrap, identity, load_records, pair
+from ablation_records import bootstrap, identity, load_many, load_records, pair
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-parser.add_argument("out")
-parser.add_argument("plot")
+parser.add_argument("paths", nargs="+", metavar="OUT_DIR... PLOT.png", help="ablate folders, then the plot")
 parser.add_argument("--pairs-with", metavar="KEY", help="use only the prompt/seed pairs this row has")
 parser.add_argument("--resamples", type=int, default=10_000)
 args = parser.parse_args()
-result, records = load_records(args.out)
+if len(args.paths) < 2:
+    parser.error("give at least one ablate folder and the plot's file")
+args.out, args.plot = " and ".join(args.paths[:-1]), args.paths[-1]
+result, records = load_records(args.paths[0]) if len(args.paths) == 2 else load_many(args.paths[:-1])
 rng = np.random.default_rng(0)
 if args.pairs_with and args.pairs_with not in records:
     parser.error(f"--pairs-with: {args.out} has no row {args.pairs_with!r} (its rows: {', '.join(records)})")
