@@ -18,6 +18,7 @@ from ablation_records import bootstrap, identity, load_many, load_records, pair
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("paths", nargs="+", metavar="OUT_DIR... PLOT.png", help="ablate folders, then the plot")
 parser.add_argument("--pairs-with", metavar="KEY", help="use only the prompt/seed pairs this row has")
+parser.add_argument("--rows", metavar="KEYS", help="comma-separated row keys to plot (default: every row)")
 parser.add_argument("--resamples", type=int, default=10_000)
 args = parser.parse_args()
 if len(args.paths) < 2:
@@ -25,6 +26,12 @@ if len(args.paths) < 2:
 args.out, args.plot = " and ".join(args.paths[:-1]), args.paths[-1]
 result, records = load_records(args.paths[0]) if len(args.paths) == 2 else load_many(args.paths[:-1])
 rng = np.random.default_rng(0)
+if args.rows:
+    wanted = [k.strip() for k in args.rows.split(",") if k.strip()]
+    unknown = [k for k in wanted if k not in records]
+    if unknown:
+        parser.error(f"--rows: {args.out} has no row {unknown[0]!r} (its rows: {', '.join(records)})")
+    records = {k: records[k] for k in wanted}
 if args.pairs_with and args.pairs_with not in records:
     parser.error(f"--pairs-with: {args.out} has no row {args.pairs_with!r} (its rows: {', '.join(records)})")
 if args.pairs_with:
