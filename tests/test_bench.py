@@ -5,7 +5,7 @@ import json
 import pytest
 
 from cli_helpers import run
-from miga.commands.bench import length_summary, method_config, plan_cells, run_cell, table
+from miga.commands.bench import METHODS, length_summary, method_config, plan_cells, run_cell, table
 
 
 def test_plan_runs_native_once_and_every_other_method_at_every_length():
@@ -41,18 +41,20 @@ def test_miga_without_dce_costs_fewer_model_calls_than_full_miga():
     assert full["first_frame_reflection_nfe"] <= full["first_frame_nfe"]
 
 
-@pytest.mark.parametrize("method, during, calibration", [
-    ("miga", "fill", "auto"), ("miga-all", "all", "fixed"), ("miga-fill", "fill", "fixed"),
-    ("miga-auto", "all", "auto"), ("miga-auto-fill", "fill", "auto")])
-def test_reflection_mode_methods_change_only_the_reflection_mode(method, during, calibration):
+@pytest.mark.parametrize("method, reflection, during, calibration", [
+    ("miga", True, "fill", "auto"), ("miga-off", False, "all", "fixed"), ("miga-all", True, "all", "fixed"),
+    ("miga-fill", True, "fill", "fixed"), ("miga-auto", True, "all", "auto"), ("miga-auto-fill", True, "fill", "auto")])
+def test_reflection_mode_methods_change_only_the_reflection_mode(method, reflection, during, calibration):
     from miga.backbones.gaussian import GaussianWorld
     from miga.config import preset
 
+    assert method in METHODS
     backbone = GaussianWorld()
     config = method_config(backbone, method)  # "miga": the Gaussian preset's own mode (issue 15)
-    assert (config.reflect_during, config.reflection_calibration) == (during, calibration)
+    assert (config.reflection, config.reflect_during, config.reflection_calibration) == (reflection, during,
+                                                                                         calibration)
     base = preset(backbone.default_preset, "miga")
-    assert config.with_(reflect_during="fill", reflection_calibration="auto") == base
+    assert config.with_(reflection=True, reflect_during="fill", reflection_calibration="auto") == base
 
 
 def _row(method, frames, seconds, rss):

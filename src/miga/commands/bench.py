@@ -13,10 +13,9 @@ Each cell (model, method, length) runs in a fresh subprocess, so its peak memory
 - self-reflection checks, triggered searches and adopted candidates (MIGA);
 - time relative to FIFO on the same model and length, measured in the same run.
 
-``miga`` is full MIGA as the model's preset has it; ``miga-all``, ``miga-fill``, ``miga-auto`` and
-``miga-auto-fill`` are full MIGA with self-reflection on every pass at the paper's delta_adju, only while the
-queue fills (released code), with the calibrated threshold, and both (issue 15's modes,
-``ablation.REFLECTION_MODES``).
+``miga`` is full MIGA as the model's preset has it; ``miga-MODE`` is full MIGA with self-reflection mode
+MODE of ``ablation.REFLECTION_MODES`` (issue 15's): ``off``, ``all`` (every pass at the paper's delta_adju),
+``fill`` (only while the queue fills: released code), ``auto`` (the calibrated threshold) and ``auto-fill``.
 ``native`` is plain sampling of one f_0-latent clip (Eq. 1), the reference for seconds per latent.
 ``wan-1.3b-random`` is Wan2.1-T2V-1.3B's transformer and VAE at full size with random weights, and
 ``videocrafter2-random`` VideoCrafter2's UNet (``base_512_v2``, 1.41 B parameters) and SD VAE at full size
@@ -35,15 +34,18 @@ import tempfile
 import time
 from typing import Sequence
 
+from miga.ablation import REFLECTION_MODES
 from miga.errors import MigaError
 
-METHODS = ("native", "fifo", "miga-no-dce", "miga", "miga-all", "miga-fill", "miga-auto", "miga-auto-fill")
+METHODS = ("native", "fifo", "miga-no-dce", "miga") + tuple(f"miga-{mode}" for mode in REFLECTION_MODES)
 MODELS = ("gaussian", "shapes", "wan-1.3b-random", "videocrafter2-random")
 GPU_MODELS = ("wan-1.3b-random", "videocrafter2-random")
 METHOD_NAMES = {"native": "native clip", "fifo": "FIFO", "miga-no-dce": "MIGA w/o DCE", "miga": "MIGA",
+                "miga-off": "MIGA, no self-reflection",
                 "miga-all": "MIGA, paper threshold, every pass",
                 "miga-fill": "MIGA, reflection while filling", "miga-auto": "MIGA, calibrated reflection",
                 "miga-auto-fill": "MIGA, calibrated, while filling"}
+METHOD_NAMES.update({m: f"MIGA, self-reflection mode {m[len('miga-'):]}" for m in METHODS if m not in METHOD_NAMES})
 PROMPTS = {"shapes": "a red circle bouncing on a blue background", "gaussian": "drifting clouds",
            "wan-1.3b-random": "a corgi running along a beach at sunset",
            "videocrafter2-random": "a corgi running along a beach at sunset"}
@@ -52,7 +54,7 @@ PROMPTS = {"shapes": "a red circle bouncing on a blue background", "gaussian": "
 def method_config(backbone, method: str):
     """The config of a bench method on ``backbone``'s preset (MIGA w/o DCE = Table 5's "+ Stage 2";
     ``miga-MODE`` = MIGA with self-reflection mode MODE of ``ablation.REFLECTION_MODES``)."""
-    from miga.ablation import REFLECTION_MODES, ROWS
+    from miga.ablation import ROWS
     from miga.config import preset
 
     name = backbone.default_preset
