@@ -17,17 +17,16 @@ def load_records(out: str) -> tuple[dict, dict]:
 def load_many(outs: list[str]) -> tuple[dict, dict]:
     """:func:`load_records` of several folders as one: rows keyed ``FOLDER:KEY`` and labelled ``LABEL (FOLDER)``,
     FOLDER being each folder's name."""
-    rows, records, first = [], {}, None
-    for out in outs:
-        name = os.path.basename(os.path.normpath(out))
+    names = [os.path.basename(os.path.normpath(out)) for out in outs]
+    results, rows, records = [], [], {}
+    for name, out in zip(names, outs):
         result, found = load_records(out)
-        first = first or result
+        results.append(result)
         for row in result["rows"]:
             key = f"{name}:{row['key']}"
             rows.append({**row, "key": key, "label": f"{row['label']} ({name})"})
             records[key] = found[row["key"]]
-    names = ", ".join(os.path.basename(os.path.normpath(out)) for out in outs)
-    return {**first, "rows": rows, "model": names}, records  # the first folder's other fields
+    return {**results[0], "rows": rows, "model": ", ".join(names)}, records  # the first folder's other fields
 
 
 def identity(record: dict) -> dict[int, float]:

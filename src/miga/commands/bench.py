@@ -45,7 +45,6 @@ METHOD_NAMES = {"native": "native clip", "fifo": "FIFO", "miga-no-dce": "MIGA w/
                 "miga-all": "MIGA, paper threshold, every pass",
                 "miga-fill": "MIGA, reflection while filling", "miga-auto": "MIGA, calibrated reflection",
                 "miga-auto-fill": "MIGA, calibrated, while filling"}
-METHOD_NAMES.update({m: f"MIGA, self-reflection mode {m[len('miga-'):]}" for m in METHODS if m not in METHOD_NAMES})
 PROMPTS = {"shapes": "a red circle bouncing on a blue background", "gaussian": "drifting clouds",
            "wan-1.3b-random": "a corgi running along a beach at sunset",
            "videocrafter2-random": "a corgi running along a beach at sunset"}

@@ -103,17 +103,13 @@ class Worker:
 
         from miga.video import atomic_write_text
 
-        done = finished(self.spec.out_dir, job, self.meters.names, need_video=self.spec.need_video,
-                        need_identity=bool(self.meters.identity))
-        if done is not None:
-            return done, "done"
-        runs = os.path.join(self.spec.out_dir, "runs")
-        os.makedirs(runs, exist_ok=True)
-        atomic_write_text(os.path.join(runs, job.digest + ".worker"),
-                          json.dumps({"host": socket.gethostname(), "pid": os.getpid()}) + "\n")
+        def claim():
+            atomic_write_text(os.path.join(self.spec.out_dir, "runs", job.digest + ".worker"),
+                              json.dumps({"host": socket.gethostname(), "pid": os.getpid()}) + "\n")
+
         return run_job(self.backbone, job, self.spec.out_dir, self.meters, on_frame=on_frame,
                        checkpoint_every=self.spec.checkpoint_every, frame_delay=self.spec.frame_delay,
-                       need_video=self.spec.need_video)
+                       need_video=self.spec.need_video, on_claim=claim)
 
 
 @dataclass

@@ -24,7 +24,7 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 from miga.errors import MigaError
 
@@ -276,11 +276,13 @@ def finished(out_dir: str, job: Job, names: dict | None = None, need_video: bool
 
 
 def run_job(backbone, job: Job, out_dir: str, meters: Meters, *, checkpoint_every: int | None = None,
-            on_frame=None, frame_delay: float = 0.0, need_video: bool = True) -> tuple[dict, str]:
+            on_frame=None, frame_delay: float = 0.0, need_video: bool = True,
+            on_claim: Callable[[], None] | None = None) -> tuple[dict, str]:
     """Make and measure ``job`` under ``out_dir/runs`` unless its record says it is done; returns the record
     and what happened: ``done`` (nothing to do), ``identity`` (identity drift added to an old record,
     ``identity+latents`` with its latents generated again), ``measured`` (new extractors) or ``made``.
-    Without ``need_video``, a record whose video is gone is done while it needs nothing from the video."""
+    Without ``need_video``, a record whose video is gone is done while it needs nothing from the video.
+    ``on_claim`` is called once it is clear there is work to do, before any of it."""
     from miga.video import atomic_write_text
 
     json_path, video_path, run_dir = paths(out_dir, job)
@@ -290,6 +292,8 @@ def run_job(backbone, job: Job, out_dir: str, meters: Meters, *, checkpoint_ever
     done = finished(out_dir, job, meters.names, need_video=need_video, need_identity=bool(meters.identity))
     if done is not None:
         return done, "done"
+    if on_claim is not None:
+        on_claim()
     record = load_record(json_path, job)
     if record is not None and not os.path.isfile(video_path):  # its video is needed: make the run again
         record = None
