@@ -44,12 +44,12 @@ def pair(record: dict) -> tuple:
     return json.dumps(record["key"]["prompt"]), record["key"]["seed"]
 
 
-def bootstrap(values, resamples: int, rng) -> tuple[float, float, float] | None:
-    """Mean and the 2.5 / 97.5 % percentiles of the mean over ``resamples`` resamples (None values skipped;
-    None if nothing is left)."""
+def bootstrap(values, resamples: int, rng, statistic=np.mean) -> tuple[float, float, float] | None:
+    """The statistic (the mean, or ``np.median`` for heavy-tailed figures) and its 2.5 / 97.5 % percentiles over
+    ``resamples`` resamples (None values skipped; None if nothing is left)."""
     v = np.asarray([x for x in values if x is not None], dtype=float)
     if not len(v):
         return None
-    means = rng.choice(v, (resamples, len(v))).mean(1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(v.mean()), float(lo), float(hi)
+    found = statistic(rng.choice(v, (resamples, len(v))), axis=1)
+    lo, hi = np.percentile(found, [2.5, 97.5])
+    return float(statistic(v)), float(lo), float(hi)

@@ -1,6 +1,6 @@
 """95 % bootstrap intervals (over videos) of a ``miga ablate`` results folder's key figures, as markdown.
 
-    python scripts/bootstrap_table.py OUT_DIR [OUT_DIR ...] [RESAMPLES] [--against=ROW_KEY]
+    python scripts/bootstrap_table.py OUT_DIR [OUT_DIR ...] [RESAMPLES] [--against=ROW_KEY] [--median]
 
 Per row: the identity at each distance (Gaussian worlds: the block-mean identity correlation, 1 kept, 0
 forgotten; shapes models: the hidden attributes' drift, 0 kept, about 1 forgotten, and the world's presence and
@@ -8,7 +8,8 @@ shape accuracy), the VBench-Long overall score, NFE and seconds per frame, and s
 triggered per video, each as mean [2.5 %, 97.5 %] of the mean over 10,000 resamples of the videos (seed 0).
 Then each row's paired differences against the first row (or ROW_KEY). With several folders (two models, say)
 their rows are put side by side, keyed ``FOLDER:KEY`` (FOLDER: the folder's name), and paired across folders
-by prompt and seed.
+by prompt and seed. ``--median``: medians instead of means (and their intervals), a check on heavy-tailed
+figures such as the shapes models' drift, where a few faint or missed objects make the mean wander.
 """
 import sys
 
@@ -16,7 +17,11 @@ import numpy as np
 
 from ablation_records import bootstrap, identity, load_many, load_records, pair
 
-args = [a for a in sys.argv[1:] if not a.startswith("--against=")]
+args = [a for a in sys.argv[1:] if not a.startswith("--")]
+unknown = [a for a in sys.argv[1:] if a.startswith("--") and a != "--median" and not a.startswith("--against=")]
+if unknown:
+    sys.exit(f"unknown option {unknown[0]}: the options are --against=ROW_KEY and --median")
+statistic = np.median if "--median" in sys.argv[1:] else np.mean
 against = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--against=")), None)
 resamples = int(args.pop()) if len(args) > 1 and args[-1].isdigit() else 10_000
 out = " and ".join(args)
@@ -25,7 +30,7 @@ rng = np.random.default_rng(0)
 
 
 def interval(values) -> str:
-    found = bootstrap(values, resamples, rng)
+    found = bootstrap(values, resamples, rng, statistic)
     if found is None:
         return "-"
     mean, lo, hi = found
@@ -62,7 +67,8 @@ metrics = ([("presence", lambda r: r["world"]["presence"]), ("shape", lambda r: 
 metrics += [(f"{label} {d}", lambda r, d=d: identity(r).get(d)) for d in distances]
 metrics += [("overall", lambda r: r["vbench"]["overall"])]
 print()
-print(f"Paired differences, row minus {base_row['label']} (same prompt and seed): mean [95 % bootstrap interval]")
+print(f"Paired differences, row minus {base_row['label']} (same prompt and seed): {statistic.__name__} "
+      "[95 % bootstrap interval]")
 print()
 print("| row | pairs | " + " | ".join(name for name, _ in metrics) + " |")
 print("|" + "|".join(["---"] + ["---:"] * (len(metrics) + 1)) + "|")

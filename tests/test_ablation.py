@@ -127,6 +127,27 @@ def test_bootstrap_script_reads_the_records(tiny_run, tmp_path):
     assert [c[0].strip() for c in paired] == [f"{x} ({tiny_run.name})" for x in labels] + [
         f"{x} (other)" for x in labels[1:]]
     assert paired[0][-1].strip() == "0.000 [0.000, 0.000]"  # FIFO against its own copy: overall differs by 0
+    # --median: a row of three videos scoring 0.1, 0.2 and 0.9 shows 0.2 (the mean would be 0.4)
+    skew = tmp_path / "skew"
+    shutil.copytree(tiny_run, skew)
+    skewed = json.loads((skew / "results.json").read_text())
+    for i, row in enumerate(skewed["rows"]):
+        record = json.loads((skew / (row["videos"][0][:-len(".mp4")] + ".json")).read_text())
+        row["videos"] = []
+        for j, overall in enumerate((0.1, 0.9, 0.2)):
+            record["vbench"]["overall"] = overall
+            (skew / "runs" / f"skew{i}{j}.json").write_text(json.dumps(record))
+            row["videos"].append(f"runs/skew{i}{j}.mp4")
+    (skew / "results.json").write_text(json.dumps(skewed))
+    done = subprocess.run([sys.executable, str(script), str(skew), "200", "--median"], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    body = [line.split("|")[1:-1] for line in done.stdout.split("\n\n")[0].splitlines()[2:]]
+    assert [float(cells[head.index("overall")].split("[")[0]) for cells in body] == [0.2] * len(skewed["rows"])
+    assert "median [95 % bootstrap interval]" in done.stdout
+    done = subprocess.run([sys.executable, str(script), str(tiny_run), "--mean"], capture_output=True, text=True)
+    assert done.returncode != 0 and done.stderr.strip().splitlines() == [
+        "unknown option --mean: the options are --against=ROW_KEY and --median"]
 
 
 def test_end_to_end_writes_a_table_per_config(tiny_run):
