@@ -11,21 +11,23 @@ their rows are put side by side, keyed ``FOLDER:KEY`` (FOLDER: the folder's name
 by prompt and seed. ``--median``: medians instead of means (and their intervals), a check on heavy-tailed
 figures such as the shapes models' drift, where a few faint or missed objects make the mean wander.
 """
-import sys
+import argparse
 
 import numpy as np
 
 from ablation_records import bootstrap, identity, load_many, load_records, pair
 
-args = [a for a in sys.argv[1:] if not a.startswith("--")]
-unknown = [a for a in sys.argv[1:] if a.startswith("--") and a != "--median" and not a.startswith("--against=")]
-if unknown:
-    sys.exit(f"unknown option {unknown[0]}: the options are --against=ROW_KEY and --median")
-statistic = np.median if "--median" in sys.argv[1:] else np.mean
-against = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--against=")), None)
-resamples = int(args.pop()) if len(args) > 1 and args[-1].isdigit() else 10_000
-out = " and ".join(args)
-result, records = load_records(args[0]) if len(args) == 1 else load_many(args)
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+parser.add_argument("paths", nargs="+", metavar="OUT_DIR",
+                    help="ablate folders; a last number is the resamples (default 10,000)")
+parser.add_argument("--against", metavar="ROW_KEY", help="pair against this row (default: the first)")
+parser.add_argument("--median", action="store_true", help="medians instead of means")
+args = parser.parse_args()
+paths = list(args.paths)
+resamples = int(paths.pop()) if len(paths) > 1 and paths[-1].isdigit() else 10_000
+against, statistic = args.against, np.median if args.median else np.mean
+out = " and ".join(paths)
+result, records = load_records(paths[0]) if len(paths) == 1 else load_many(paths)
 rng = np.random.default_rng(0)
 
 
@@ -40,7 +42,7 @@ def interval(values) -> str:
 
 rows = result["rows"]
 if against is not None and against not in records:
-    sys.exit(f"--against: {out} has no row {against!r} (its rows: {', '.join(records)})")
+    parser.error(f"--against: {out} has no row {against!r} (its rows: {', '.join(records)})")
 distances = sorted({d for recs in records.values() for r in recs for d in identity(r)})
 world = any(r.get("world") for recs in records.values() for r in recs)
 label = "id drift" if world else "identity"

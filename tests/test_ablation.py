@@ -146,8 +146,7 @@ def test_bootstrap_script_reads_the_records(tiny_run, tmp_path):
     assert [float(cells[head.index("overall")].split("[")[0]) for cells in body] == [0.2] * len(skewed["rows"])
     assert "median [95 % bootstrap interval]" in done.stdout
     done = subprocess.run([sys.executable, str(script), str(tiny_run), "--mean"], capture_output=True, text=True)
-    assert done.returncode != 0 and done.stderr.strip().splitlines() == [
-        "unknown option --mean: the options are --against=ROW_KEY and --median"]
+    assert done.returncode != 0 and done.stderr.strip().splitlines()[-1].endswith("unrecognized arguments: --mean")
 
 
 def test_end_to_end_writes_a_table_per_config(tiny_run):
