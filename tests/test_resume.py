@@ -9,6 +9,7 @@ test runs the real ``python -m miga`` (about 2 s of imports).
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -255,8 +256,6 @@ def test_a_run_dir_in_use_is_refused(tmp_path, capsys):
 # ---------------------------------------------------------------- issue 19
 def frames_made(err_path):
     """The last frame count the progress bar wrote to ``err_path`` (0 before the first)."""
-    import re
-
     try:
         text = open(err_path, encoding="utf-8", errors="replace").read()
     except FileNotFoundError:
@@ -370,3 +369,15 @@ def test_a_model_given_by_a_relative_path_resumes_from_another_folder(tmp_path, 
     monkeypatch.chdir(tmp_path)
     code, _, err = run(capsys, "generate", "--resume", "work/r", "--no-progress")
     assert code == 0, err
+
+
+def test_a_checkpoint_whose_partial_video_was_deleted_says_how_to_start_over(tmp_path):
+    """A run dir whose ``OUT.partial`` was deleted cannot resume; the error names the run dir to delete."""
+    world = load_backbone("gaussian", height=32, width=32)
+    run_dir, out = str(tmp_path / "r"), str(tmp_path / "v.mp4")
+    first = LongVideo(world, "x", 40, FIFOConfig.gaussian(), seed=1).start_run(run_dir, out, checkpoint_every=8)
+    assert first.generate(stop=lambda: first.frames_done >= 20) is False
+    os.remove(out + ".partial")
+    expected = rf"cannot resume: the video .*; .*delete {re.escape(run_dir)} to make the video again"
+    with pytest.raises(MigaError, match=expected):
+        LongVideo.resume(run_dir).generate()

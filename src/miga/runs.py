@@ -391,7 +391,11 @@ class VideoRun:
                 return True
             outputs = state["outputs"] if state is not None else {"latents": 0, "segment_latent": 0, "video": {},
                                                                   "seconds": 0.0}
-            self._mp4 = FragmentedMP4(self.out + ".partial", outputs["video"] or None)  # checks before writing
+            try:
+                self._mp4 = FragmentedMP4(self.out + ".partial", outputs["video"] or None)  # checks before writing
+            except MigaError as exc:
+                raise MigaError(f"{exc}; put it back to resume, or delete {self.run_dir} to make the video again "
+                                "from the start") from None
             self._store = LatentWriter(self.latents_path, video.num_latents, tuple(video.backbone.latent_shape),
                                        latent_metadata(video), resume=int(outputs["latents"]))
             self._mp4.restore()
