@@ -5,7 +5,8 @@
 Per row: the identity at each distance (Gaussian worlds: the block-mean identity correlation, 1 kept, 0
 forgotten; shapes models: the hidden attributes' drift, 0 kept, about 1 forgotten, and the world's presence and
 shape accuracy), the VBench-Long overall score, NFE and seconds per frame, and self-reflection searches
-triggered per video, each as mean [2.5 %, 97.5 %] of the mean over 10,000 resamples of the videos (seed 0).
+triggered per video, each as mean [2.5 %, 97.5 %] of the mean over 10,000 resamples of the videos (seed 0 for
+each interval, so the same figures give the same interval in every table).
 Then each row's paired differences against the first row (or ROW_KEY). With several folders (two models, say)
 their rows are put side by side, keyed ``FOLDER:KEY`` (FOLDER: the folder's name), and paired across folders
 by prompt and seed. ``--median``: medians instead of means (and their intervals), a check on heavy-tailed
@@ -28,11 +29,10 @@ resamples = int(paths.pop()) if len(paths) > 1 and paths[-1].isdigit() else 10_0
 against, statistic = args.against, np.median if args.median else np.mean
 out = " and ".join(paths)
 result, records = load_records(paths[0]) if len(paths) == 1 else load_many(paths)
-rng = np.random.default_rng(0)
 
 
 def interval(values) -> str:
-    found = bootstrap(values, resamples, rng, statistic)
+    found = bootstrap(values, resamples, np.random.default_rng(0), statistic)
     if found is None:
         return "-"
     mean, lo, hi = found

@@ -25,7 +25,6 @@ if len(args.paths) < 2:
     parser.error("give at least one ablate folder and the plot's file")
 args.out, args.plot = " and ".join(args.paths[:-1]), args.paths[-1]
 result, records = load_records(args.paths[0]) if len(args.paths) == 2 else load_many(args.paths[:-1])
-rng = np.random.default_rng(0)
 if args.rows:
     wanted = [k.strip() for k in args.rows.split(",") if k.strip()]
     unknown = [k for k in wanted if k not in records]
@@ -47,7 +46,7 @@ panels += [("VBench-style overall", lambda r: r["vbench"]["overall"])]
 
 
 def interval(values):
-    return bootstrap(values, args.resamples, rng)
+    return bootstrap(values, args.resamples, np.random.default_rng(0))  # seed 0 each: as bootstrap_table.py
 
 
 cols = 3

@@ -145,6 +145,15 @@ def test_bootstrap_script_reads_the_records(tiny_run, tmp_path):
     body = [line.split("|")[1:-1] for line in done.stdout.split("\n\n")[0].splitlines()[2:]]
     assert [float(cells[head.index("overall")].split("[")[0]) for cells in body] == [0.2] * len(skewed["rows"])
     assert "median [95 % bootstrap interval]" in done.stdout
+    # the same figures give the same interval wherever they stand (each interval resamples from seed 0)
+    shutil.copytree(skew, tmp_path / "copy")
+    done = subprocess.run([sys.executable, str(script), str(skew), str(tmp_path / "copy"), "200"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    cells = {c[0].strip(): c[head.index("overall")].strip()
+             for c in (line.split("|")[1:-1] for line in done.stdout.split("\n\n")[0].splitlines()[2:])}
+    first = skewed["rows"][0]["label"]
+    assert cells[f"{first} (skew)"] == cells[f"{first} (copy)"] != "0.400 [0.400, 0.400]", cells
     done = subprocess.run([sys.executable, str(script), str(tiny_run), "--mean"], capture_output=True, text=True)
     assert done.returncode != 0 and done.stderr.strip().splitlines()[-1].endswith("unrecognized arguments: --mean")
 
