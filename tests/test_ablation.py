@@ -158,6 +158,25 @@ def test_bootstrap_script_reads_the_records(tiny_run, tmp_path):
     assert done.returncode != 0 and done.stderr.strip().splitlines()[-1].endswith("unrecognized arguments: --mean")
 
 
+def test_video_distance_script_compares_rows_pixel_for_pixel(tiny_run):
+    """scripts/video_distance.py: a row against itself is 0 levels apart; FIFO against MIGA is not."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "video_distance.py"
+    done = subprocess.run([sys.executable, str(script), str(tiny_run), "fifo", "fifo", "miga"], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    cells = {c[0].strip(): [x.strip() for x in c[1:]] for c in
+             (line.split("|")[1:-1] for line in done.stdout.splitlines()[2:])}
+    videos = len(json.loads((tiny_run / "results.json").read_text())["rows"][0]["videos"])
+    assert cells["fifo"] == [str(videos), "0", "0.00 [0.00, 0.00]"], cells
+    assert cells["miga"][:2] == [str(videos), "0"] and float(cells["miga"][2].split()[0]) > 1, cells
+    done = subprocess.run([sys.executable, str(script), str(tiny_run), "fifo", "tta"], capture_output=True, text=True)
+    assert done.returncode == 2 and "has no row 'tta'" in done.stderr.strip().splitlines()[-1]
+
+
 def test_end_to_end_writes_a_table_per_config(tiny_run):
     text = (tiny_run / "results.md").read_text()
     assert text.startswith("Command: `miga ablate --model gaussian --height 32 --width 32 --frames 24 --seeds 0 ")
