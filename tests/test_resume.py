@@ -371,13 +371,16 @@ def test_a_model_given_by_a_relative_path_resumes_from_another_folder(tmp_path, 
     assert code == 0, err
 
 
-def test_a_checkpoint_whose_partial_video_was_deleted_says_how_to_start_over(tmp_path):
-    """A run dir whose ``OUT.partial`` was deleted cannot resume; the error names the run dir to delete."""
+@pytest.mark.parametrize("deleted", ["video", "latents"])
+def test_a_checkpoint_whose_partial_file_was_deleted_says_how_to_start_over(tmp_path, deleted):
+    """A run whose ``OUT.partial`` (or latent file) was deleted cannot resume; the error names the run dir to
+    delete (a missing latent file said only "cannot write ...: No such file or directory")."""
     world = load_backbone("gaussian", height=32, width=32)
     run_dir, out = str(tmp_path / "r"), str(tmp_path / "v.mp4")
     first = LongVideo(world, "x", 40, FIFOConfig.gaussian(), seed=1).start_run(run_dir, out, checkpoint_every=8)
     assert first.generate(stop=lambda: first.frames_done >= 20) is False
-    os.remove(out + ".partial")
-    expected = rf"cannot resume: the video .*; .*delete {re.escape(run_dir)} to make the video again"
+    os.remove(out + ".partial" if deleted == "video" else first.latents_path + ".partial")
+    what = "the video .* holds 0 bytes" if deleted == "video" else ".* is missing, but the checkpoint says"
+    expected = rf"cannot resume: {what}.*; put it back .* delete {re.escape(run_dir)} to make the video again"
     with pytest.raises(MigaError, match=expected):
         LongVideo.resume(run_dir).generate()

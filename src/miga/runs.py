@@ -391,13 +391,15 @@ class VideoRun:
                 return True
             outputs = state["outputs"] if state is not None else {"latents": 0, "segment_latent": 0, "video": {},
                                                                   "seconds": 0.0}
-            try:
-                self._mp4 = FragmentedMP4(self.out + ".partial", outputs["video"] or None)  # checks before writing
+            try:  # both check, before writing, that their files hold what the checkpoint says
+                self._mp4 = FragmentedMP4(self.out + ".partial", outputs["video"] or None)
+                self._store = LatentWriter(self.latents_path, video.num_latents, tuple(video.backbone.latent_shape),
+                                           latent_metadata(video), resume=int(outputs["latents"]))
             except MigaError as exc:
+                if not str(exc).startswith("cannot resume"):
+                    raise
                 raise MigaError(f"{exc}; put it back to resume, or delete {self.run_dir} to make the video again "
                                 "from the start") from None
-            self._store = LatentWriter(self.latents_path, video.num_latents, tuple(video.backbone.latent_shape),
-                                       latent_metadata(video), resume=int(outputs["latents"]))
             self._mp4.restore()
             self._clear_segment()
             if state is not None:

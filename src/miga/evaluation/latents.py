@@ -54,6 +54,9 @@ class LatentWriter:
         text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
         head = struct.pack("<Q", len(text)) + text
         self._header = len(head)
+        if resume and not os.path.exists(self.partial_path):
+            raise MigaError(f"cannot resume: {self.partial_path} is missing, but the checkpoint says {resume} latents "
+                            "were saved (was it moved or deleted?)")
         try:
             if resume:
                 self._fh = open(self.partial_path, "r+b")
