@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import struct
 
-from miga.errors import MigaError
+from miga.errors import MigaError, PartialFileMismatch
 
 
 def top_boxes(data: bytes, start: int = 0, end: int | None = None) -> list[tuple[str, int, int]]:
@@ -89,8 +89,8 @@ class FragmentedMP4:
         self.frames = int(state.get("frames", 0))
         size = os.path.getsize(path) if os.path.exists(path) else 0
         if size < self.bytes:
-            raise MigaError(f"cannot resume: the video {path} holds {size} bytes, but the checkpoint says "
-                            f"{self.bytes} were written (was it moved or changed?)")
+            raise PartialFileMismatch(f"cannot resume: the video {path} holds {size} bytes, but the checkpoint "
+                                      f"says {self.bytes} were written (was it moved or changed?)")
 
     def restore(self) -> None:
         """Cut the file back to the length the state records (creating it empty if it is missing)."""

@@ -54,7 +54,7 @@ from miga.checkpoint import durable_write_bytes, load_state, save_state
 from miga.config import MIGAConfig, config_from_dict, method_name
 from miga.engine.prompts import PromptSchedule
 from miga.engine.queue import RunInterrupted
-from miga.errors import MigaError
+from miga.errors import MigaError, PartialFileMismatch
 from miga.video import LATENTS_TAG, check_new_folder, latents_tag
 
 FORMAT = "miga-run/1"
@@ -395,9 +395,7 @@ class VideoRun:
                 self._mp4 = FragmentedMP4(self.out + ".partial", outputs["video"] or None)
                 self._store = LatentWriter(self.latents_path, video.num_latents, tuple(video.backbone.latent_shape),
                                            latent_metadata(video), resume=int(outputs["latents"]))
-            except MigaError as exc:
-                if not str(exc).startswith("cannot resume"):
-                    raise
+            except PartialFileMismatch as exc:
                 raise MigaError(f"{exc}; put it back to resume, or delete {self.run_dir} to make the video again "
                                 "from the start") from None
             self._mp4.restore()

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from miga.engine.reflection import consistency_score
-from miga.errors import MigaError
+from miga.errors import MigaError, PartialFileMismatch
 
 TENSOR = "latents"
 METADATA_KEYS = ("frames", "frames_per_latent", "fps", "method", "chunk", "refs", "score_mode")
@@ -55,8 +55,8 @@ class LatentWriter:
         head = struct.pack("<Q", len(text)) + text
         self._header = len(head)
         if resume and not os.path.exists(self.partial_path):
-            raise MigaError(f"cannot resume: {self.partial_path} is missing, but the checkpoint says {resume} latents "
-                            "were saved (was it moved or deleted?)")
+            raise PartialFileMismatch(f"cannot resume: {self.partial_path} is missing, but the checkpoint says "
+                                      f"{resume} latents were saved (was it moved or deleted?)")
         try:
             if resume:
                 self._fh = open(self.partial_path, "r+b")
@@ -69,8 +69,8 @@ class LatentWriter:
             size = os.fstat(self._fh.fileno()).st_size
             if self._fh.read(len(head)) != head or size < keep:
                 self._fh.close()
-                raise MigaError(f"cannot resume: {self.partial_path} does not hold the {resume} latents the "
-                                "checkpoint says were saved (was it moved or changed?)")
+                raise PartialFileMismatch(f"cannot resume: {self.partial_path} does not hold the {resume} latents "
+                                          "the checkpoint says were saved (was it moved or changed?)")
             self._fh.seek(keep)
             self._fh.truncate()
             self.written = resume
