@@ -32,7 +32,7 @@ result, records = load_records(paths[0]) if len(paths) == 1 else load_many(paths
 
 
 def interval(values) -> str:
-    found = bootstrap(values, resamples, np.random.default_rng(0), statistic)
+    found = bootstrap(values, resamples, statistic)
     if found is None:
         return "-"
     mean, lo, hi = found

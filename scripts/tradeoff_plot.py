@@ -46,7 +46,7 @@ panels += [("VBench-style overall", lambda r: r["vbench"]["overall"])]
 
 
 def interval(values):
-    return bootstrap(values, args.resamples, np.random.default_rng(0))  # seed 0 each: as bootstrap_table.py
+    return bootstrap(values, args.resamples)
 
 
 cols = 3

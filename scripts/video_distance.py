@@ -20,7 +20,7 @@ parser.add_argument("rows", nargs="+", metavar="ROW", help="row keys: the first 
 args = parser.parse_args()
 if len(args.rows) < 2:
     parser.error("give at least two rows, e.g. stage1 tta")
-result, records = load_records(args.out)
+_, records = load_records(args.out)
 unknown = [k for k in args.rows if k not in records]
 if unknown:
     parser.error(f"{args.out} has no row {unknown[0]!r} (its rows: {', '.join(records)})")
@@ -46,6 +46,6 @@ for key in args.rows[1:]:
             continue
         a, b = frames(other), frames(record)
         distances.append(float(np.abs(a - b).mean()) if a.shape == b.shape else None)
-    found = bootstrap(distances, 10_000, np.random.default_rng(0))
+    found = bootstrap(distances, 10_000)
     cell = "-" if found is None else "{:.2f} [{:.2f}, {:.2f}]".format(*found)
     print(f"| {key} | {len([d for d in distances if d is not None])} | {skipped} | {cell} |")
