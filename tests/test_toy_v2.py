@@ -135,3 +135,45 @@ def test_the_autoencoder_loss_is_a_recipe_field(tmp_path):
         trainer = ToyTrainer(str(tmp_path / loss), TrainConfig.v2(ae_loss=loss, ae_batch=2), ToyConfig.tiny_v2())
         losses[loss] = trainer.ae_train_step()
     assert losses["mse"] != losses["l1"] and all(v > 0 for v in losses.values())
+
+
+def test_a_run_started_from_weights_continues_them_and_snapshots(tmp_path):
+    """Model v3's recipe: the autoencoder and EMA denoiser of a weights file, a fresh optimiser, a cosine decay,
+    EMA snapshots every few steps; resumable like any run."""
+    import math
+
+    from miga.errors import MigaError
+    from miga.toy.train import ToyTrainer, TrainConfig
+    from safetensors.torch import load_file
+
+    base = ToyTrainer(str(tmp_path / "base"), TrainConfig.v2(ae_steps=2, ae_batch=2, steps=1, batch=2),
+                      ToyConfig.tiny_v2())
+    base.run(progress=False)
+    start = str(tmp_path / "base" / "shapes.safetensors")
+    recipe = TrainConfig.v3(init_weights=start, steps=4, batch=2, warmup=1, snapshot_every=2, checkpoint_every=2)
+    trainer = ToyTrainer(str(tmp_path / "v3"), recipe, ToyConfig.tiny_v2())
+    given = load_file(start)
+    assert all(torch.equal(trainer.ema[k], given[f"denoiser.{k}"]) for k in trainer.ema)
+    assert all(torch.equal(v, given[f"autoencoder.{k}"]) for k, v in trainer.ae.state_dict().items())
+    assert trainer.stats_done and trainer.ae_step == 0
+    assert trainer.run(progress=False)
+    assert sorted(p.name for p in (tmp_path / "v3").glob("shapes-step*")) == ["shapes-step2.safetensors",
+                                                                            "shapes-step4.safetensors"]
+    # the autoencoder stays frozen, the denoiser moved
+    after = load_file(str(tmp_path / "v3" / "shapes.safetensors"))
+    assert all(torch.equal(after[k], given[k]) for k in given if k.startswith("autoencoder."))
+    assert any(not torch.equal(after[k], given[k]) for k in given if k.startswith("denoiser."))
+    # cosine: lr at the warmup's end, halfway and at the end
+    r = TrainConfig.v3(steps=101, warmup=1)
+    assert math.isclose(r.learning_rate(1), r.lr) and math.isclose(r.learning_rate(51), (r.lr + r.lr_final) / 2)
+    assert math.isclose(r.learning_rate(101), r.lr_final)
+    assert TrainConfig.v2().learning_rate(5000) == TrainConfig.v2().lr  # v2 stays constant
+    with pytest.raises(MigaError, match="ae_steps to 0"):
+        TrainConfig.v3(ae_steps=5).validate()
+    with pytest.raises(MigaError, match="another architecture"):
+        ToyTrainer(str(tmp_path / "x"), TrainConfig.v3(init_weights=start), ToyConfig.v2())
+    from miga.toy.train import weights_path
+
+    assert weights_path("shapes-v2").endswith("shapes-v2.safetensors") and weights_path(start) == start
+    with pytest.raises(MigaError, match="not found"):
+        ToyTrainer(str(tmp_path / "y"), TrainConfig.v3(init_weights="nowhere.safetensors"), ToyConfig.tiny_v2())

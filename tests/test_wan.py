@@ -182,6 +182,47 @@ def test_a_foreign_transformer_class_is_named(wan_dir, tmp_path, capsys):
     assert code == 2 and "FluxTransformer2DModel" in err
 
 
+def two_experts(folder: str) -> str:
+    """Wan2.2-T2V-A14B's layout: a second transformer and the boundary between the experts."""
+    shutil.copytree(os.path.join(folder, "transformer"), os.path.join(folder, "transformer_2"))
+    index = json.load(open(os.path.join(folder, "model_index.json")))
+    index.update(transformer_2=["diffusers", "WanTransformer3DModel"], boundary_ratio=0.875)
+    json.dump(index, open(os.path.join(folder, "model_index.json"), "w"))
+    return folder
+
+
+def second_transformer_only(folder: str) -> str:
+    shutil.copytree(os.path.join(folder, "transformer"), os.path.join(folder, "transformer_2"))
+    return folder
+
+
+def image_to_video(folder: str) -> str:
+    index = json.load(open(os.path.join(folder, "model_index.json")))
+    index.update(_class_name="WanImageToVideoPipeline", image_encoder=["transformers", "CLIPVisionModel"])
+    json.dump(index, open(os.path.join(folder, "model_index.json"), "w"))
+    return folder
+
+
+@pytest.mark.parametrize("make, message", [(two_experts, "two-expert model"), (second_transformer_only, "two-expert"),
+                                           (image_to_video, "image-to-video model")])
+def test_a_folder_with_a_denoiser_miga_would_ignore_is_refused(wan_dir, tmp_path, capsys, make, message):
+    folder = make(shutil.copytree(wan_dir, str(tmp_path / "model")))
+    code, _, err = run(capsys, "generate", "a cat", "--model", folder, "--frames", 5, "--out", tmp_path / "x.mp4")
+    assert code == 2 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / "x.mp4")
+    with pytest.raises(MigaError, match=message):
+        load_backbone(folder, device="cpu", **SIZE)
+
+
+def test_a_wan21_index_with_empty_second_expert_entries_loads(wan_dir, tmp_path):
+    folder = shutil.copytree(wan_dir, str(tmp_path / "model"))
+    index = json.load(open(os.path.join(folder, "model_index.json")))
+    index.update(transformer_2=[None, None], boundary_ratio=None)  # what diffusers writes for Wan2.1
+    json.dump(index, open(os.path.join(folder, "model_index.json"), "w"))
+    assert load_backbone(folder, device="cpu", **SIZE).native_frames >= 2
+
+
 @pytest.mark.parametrize("height, width, message", [(500, 832, "--height 500 is not divisible by 16; use 496 or 512"),
                                                     (480, 8, "--width 8 is not divisible by 16; use 16 or 32")])
 def test_sizes_not_divisible_by_16_get_the_nearest_valid_values(height, width, message):

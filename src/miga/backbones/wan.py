@@ -208,6 +208,9 @@ class WanModel(TextEncoderOffload):
     @classmethod
     def from_folder(cls, path: str, **kwargs: Any) -> "WanModel":
         """Load transformer, VAE (float32), UMT5 text encoder and tokenizer from a local diffusers folder."""
+        ignored = ignored_denoiser(path)
+        if ignored:
+            raise MigaError(ignored)
         if os.path.isfile(os.path.join(path, "transformer", "config.json")):
             name = transformer_class_name(path)
             if name not in TRANSFORMER_CLASSES:
@@ -320,6 +323,30 @@ def is_wan_folder(path: str) -> bool:
         return _class_name(read_json(config)) in TRANSFORMER_CLASSES
     index = os.path.join(path, "model_index.json")
     return os.path.isfile(index) and _class_name(read_json(index)) in PIPELINE_CLASSES
+
+
+def ignored_denoiser(path: str) -> str | None:
+    """Why a Wan-style folder would be run wrongly, or None: a second transformer (Wan2.2-A14B's low-noise
+    expert, ``transformer_2`` with ``boundary_ratio``) or an image encoder (image-to-video), which miga would
+    silently leave out."""
+    index_path = os.path.join(path, "model_index.json")
+    index = read_json(index_path) if os.path.isfile(index_path) else {}
+    index = index if isinstance(index, dict) else {}
+
+    def named(part: str) -> bool:
+        entry = index.get(part)
+        listed = isinstance(entry, (list, tuple)) and any(e is not None for e in entry)
+        return listed or os.path.isfile(os.path.join(path, part, "config.json"))
+
+    if named("transformer_2") or index.get("boundary_ratio") is not None:
+        return (f"{path} is a two-expert model (transformer_2 with boundary_ratio, as Wan2.2-T2V-A14B): miga runs "
+                "one transformer per model and would ignore the low-noise expert; use a Wan2.1-T2V, Wan2.2-TI2V-5B or "
+                "SkyReels-V2-DF folder")
+    if named("image_encoder") or "I2V" in str(index.get("_class_name", "")) or index.get(
+            "_class_name") == "WanImageToVideoPipeline":
+        return (f"{path} is an image-to-video model (it has an image encoder): miga makes videos from text alone "
+                "and would ignore the image conditioning; use a text-to-video folder")
+    return None
 
 
 def _class_name(config) -> str | None:

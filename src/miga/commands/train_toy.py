@@ -18,9 +18,9 @@ def add_arguments(parser) -> None:
     """``miga train-toy``'s options."""
     parser.add_argument("run_dir", metavar="RUN_DIR", help="where checkpoints, loss.png and the weights go")
     parser.add_argument("--seed", type=int, help="weights and data stream derive from it (default 0)")
-    parser.add_argument("--recipe", choices=("v1", "v2", "df"), help="what to train: v2 (--model shapes, "
-                        "the default for a new run: temporal self-attention, the world with hidden attributes, one noise "
-                        "level per clip), df (--model shapes-df: v2 trained with a noise level per frame, diffusion "
+    parser.add_argument("--recipe", choices=("v1", "v2", "v3", "df"), help="what to train: v2 (--model "
+                        "shapes, the default for a new run: temporal self-attention, the world with hidden attributes, one "
+                        "noise level per clip), v3 (v2's weights trained on with a decaying learning rate), df (--model shapes-df: v2 trained with a noise level per frame, diffusion "
                         "forcing) or v1 (--model shapes-v1: convolutions, the v1 world); a resumed run keeps its own")
     parser.add_argument("--model-size", choices=("default", "tiny"), default="default",
                         help="architecture: the recipe's own, or a tiny one for smoke tests")
@@ -59,10 +59,12 @@ def run(args) -> int:
     saved = saved_recipe(args.run_dir) if resuming else None
     recipes = {"v1": (TrainConfig, ToyConfig(), ToyConfig.tiny()),
                "v2": (TrainConfig.v2, ToyConfig.v2(), ToyConfig.tiny_v2()),
+               "v3": (TrainConfig.v3, ToyConfig.v2(), ToyConfig.tiny_v2()),
                "df": (TrainConfig.df, ToyConfig.v2(), ToyConfig.tiny_v2())}
     if saved is not None and args.recipe is None:  # a resumed run keeps its own recipe and architecture
         recipe = replace(saved, **given)
-        name = "df" if saved.per_frame_noise else "v2" if saved.hidden_attributes else "v1"
+        name = ("df" if saved.per_frame_noise else "v3" if saved.init_weights else "v2" if saved.hidden_attributes
+                else "v1")
     else:
         name = args.recipe or "v2"
         recipe = recipes[name][0](**given)
