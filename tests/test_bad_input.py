@@ -75,6 +75,9 @@ CASES = [
     # ---- inconsistent combinations
     (gen("--method", "fifo", "--guides", "2"), "only apply to --method miga"),
     (gen("--method", "fifo", "--no-reflection"), "only apply to --method miga"),
+    (gen("--method", "fifo", "--refine-rounds", "1"), "only apply to --method miga"),
+    (gen("--queue-end", "empty"), "--queue-end"),
+    (gen("--refine-rounds", "1", "--refine-level", "40"), "refine_level must be in"),
     (gen("--method", "fifo", "--steps", "20"), "multiple of the model window"),
     (gen("--checkpoint-every", "8"), "needs --run-dir"),
     (bare("x", "--prompts", "{d}/prompts.txt", *SIZE), "not both"),

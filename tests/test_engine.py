@@ -281,3 +281,104 @@ def test_engine_imports_no_model_code():
             for name in names:
                 assert not name.startswith(("miga.backbones", "diffusers", "transformers", "miga.cli")), \
                     f"{path.name} imports {name}"
+
+
+# ---------------------------------------------------------------- the end of a MIGA video, refinement, identity steps
+def test_every_miga_output_latent_is_made_in_a_full_queue(world):
+    """Paper / method.md decision 1: a fresh chunk enters on every Stage-1 pass up to the end; the chunks
+    past the video are made and dropped (the old engine let the queue drain for the last latents)."""
+    cfg = MIGAConfig.gaussian().with_(reflection=False)
+    T, K2, L, f0 = cfg.steps, cfg.stage2_steps, cfg.zigzag_width, world.native_frames
+    rec = Recorder(world)
+    video = LongVideo(rec, "x", 60, cfg, seed=0)
+    queues = []
+    list(miga_latents(video._stepper(), cfg, f0, 60, video.stats, on_pass=lambda q: queues.append(len(q))))
+    steady = queues[queues.index((T - K2) * L):]
+    assert steady and all(n == (T - K2) * L for n in steady)
+    assert all(len(row) == f0 for row in rec.windows)  # no Stage-1 window shorter than f_0
+    drained = []
+    list(miga_latents(video._stepper(), cfg.with_(queue_end="drain"), f0, 60, video.stats,
+                      on_pass=lambda q: drained.append(len(q))))
+    assert len(drained) == len(queues) and drained[-1] < (T - K2) * L  # the old behaviour, kept as an option
+
+
+@pytest.mark.parametrize("reflection", [False, True])
+def test_miga_stage1_output_does_not_depend_on_the_requested_length(world, reflection):
+    """With a full queue to the end and keyed noise, the first latents of a video are those of a longer one
+    (Stage 2 off: its tiling plans over the known total)."""
+    cfg = MIGAConfig.gaussian().with_(stage2_steps=0, reflection=reflection)
+    a = torch.stack(list(LongVideo(world, "x", 24, cfg, seed=2).latents()))
+    b = torch.stack(list(LongVideo(world, "x", 44, cfg, seed=2).latents()))
+    assert torch.equal(a, b[:24])
+
+
+@pytest.mark.parametrize("level", [None, 5])
+def test_refinement_renoises_and_runs_the_unified_passes_again(world, level):
+    """The released codes' extra round (Alg. 5 lines 11-12): every Stage-2 output re-noised to the refinement
+    level, then that many unified passes down to clean; streamed and batched agree."""
+    cfg = MIGAConfig.gaussian().with_(reflection=False, refine_rounds=1, refine_level=level)
+    n, K2 = 40, cfg.stage2_steps
+    base = LongVideo(world, "x", n, cfg.with_(refine_rounds=0), seed=4)
+    plain = torch.stack(list(base.latents()))
+    video = LongVideo(world, "x", n, cfg, seed=4)
+    stepper, stepped = record_steps(video)
+    video._stepper = lambda: stepper
+    refined = torch.stack(list(video.latents()))
+    top = K2 if level is None else level
+    T = video.schedule.top
+    for i in range(n):
+        assert stepped[i][-top:] == list(range(top, 0, -1))  # the refinement's steps, after the normal ones
+    assert not torch.allclose(plain, refined)
+    total = -(-n // cfg.zigzag_width) * cfg.zigzag_width  # every Stage-2 latent, not only the output
+    windows = sum(len(tiling(total, world.native_frames, cfg.stride, p % cfg.stride)) for p in range(1, top + 1))
+    assert cfg.guidance_scale == 1 and video.stats.nfe == base.stats.nfe + windows
+    batch = torch.stack(list(LongVideo(world, "x", n, cfg.with_(stage2_mode="batch"), seed=4).latents()))
+    assert torch.equal(batch, refined)
+    assert T > top
+
+
+def test_an_identity_step_calls_no_model():
+    """VideoCrafter2's DDIM grid ends with t = 0 at alpha_bar of timestep 0, as its level 0 is: the last step
+    changes nothing and the released samplers skip it; so does the stepper (no NFE), with the same latents."""
+    from miga.engine.rng import KeyedNoise
+    from miga.engine.schedules import Schedule, ScheduleConfig
+    from miga.engine.solvers import DDIM
+    from miga.engine.stepper import WindowStepper, sample_clip
+
+    class Linear:  # a fixed linear eps-predictor, so the result is deterministic and depends on every call
+        prediction = "epsilon"
+
+        def predict(self, x, levels, conds):
+            return 0.5 * x + 0.01 * levels.timesteps[:, None, :, None, None].to(x.dtype)
+
+    sch = Schedule(ScheduleConfig(kind="ddpm"), 16)
+    assert sch.is_identity_step(1) and not any(sch.is_identity_step(k) for k in range(2, 17))
+    assert not Schedule(ScheduleConfig(kind="ddpm", final_alpha_one=True), 16).is_identity_step(1)
+    outs = {}
+    for skip in (True, False):
+        solver = DDIM(sch, eta=1.0)
+        if not skip:
+            solver = type("DDIMNoSkip", (DDIM,), {"identity_on_equal_levels": False})(sch, eta=1.0)
+        stats = Stats()
+        stepper = WindowStepper(Linear(), sch, solver, KeyedNoise(3, (2, 4, 4)), lambda i: 0, [None], None, 1.0,
+                                stats)
+        clip = sample_clip(stepper, 5)
+        outs[skip] = (torch.stack([s.latent for s in clip]), stats.nfe, [s.level for s in clip])
+    assert outs[True][1] == 15 and outs[False][1] == 16
+    assert outs[True][2] == outs[False][2] == [0] * 5
+    torch.testing.assert_close(outs[True][0], outs[False][0], rtol=1e-6, atol=1e-6)
+
+
+def test_generate_takes_the_ending_switches(tmp_path, capsys):
+    """``--queue-end`` and ``--refine-rounds`` reach the engine: each changes the video's latents."""
+    from cli_helpers import run
+    from safetensors.torch import load_file
+
+    latents = {}
+    for name, extra in (("full", []), ("drain", ["--queue-end", "drain"]), ("refine", ["--refine-rounds", "1"])):
+        code, _, err = run(capsys, "generate", "x", "--model", "gaussian", "--height", 32, "--width", 32, "--frames", 40,
+                           "--out", tmp_path / f"{name}.mp4", "--save-latents", tmp_path / f"{name}.safetensors",
+                           "--no-progress", *extra)
+        assert code == 0, err
+        latents[name] = load_file(str(tmp_path / f"{name}.safetensors"))["latents"]
+    assert not torch.equal(latents["full"], latents["drain"]) and not torch.equal(latents["full"], latents["refine"])

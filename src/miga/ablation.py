@@ -65,10 +65,20 @@ REFLECTION_MODES = {
 """Self-reflection modes (issue 15): off, every Stage-1 pass with delta_adju (paper A.1.3), only while the
 queue fills (released code), and the calibrated threshold (``reflection_calibration="auto"``) each way."""
 
+ENDINGS = {
+    "full": {"queue_end": "full", "refine_rounds": 0},
+    "drain": {"queue_end": "drain", "refine_rounds": 0},
+    "refine": {"queue_end": "full", "refine_rounds": 1},
+}
+"""How a video's last latents are finished and whether the released codes' refinement round runs: a full queue
+to the end (the paper), a draining queue (miga before 2026-12-03), and a full queue plus one refinement round
+(re-noise to the Stage-2 boundary, the unified passes again)."""
+
 SWEEPS = {
     "threshold": ("reflection_threshold", "delta_adju", (0.005, 0.01, 0.02, 0.05)),
     "guides": ("guides", "m_guid", (0, 2, 4, 6)),
     "reflection": (REFLECTION_MODES, "self-reflection mode", tuple(REFLECTION_MODES)),
+    "ending": (ENDINGS, "ending", tuple(ENDINGS)),
 }
 """Sweep name -> (config field, or a dict from each value to its field changes; paper symbol or name; default
 values); each value is the full MIGA preset with that change. The defaults all validate for f_0 = 16 (the

@@ -160,6 +160,16 @@ class MIGAConfig(_SamplingFields):
             (the paper: after Stage 1 ends). Both give the same latents.
         fresh_from_clip: new tail chunks are ``Noise(last clip frame, top)`` (Alg. 4/5) rather than
             pure noise.
+        queue_end: ``full`` (the paper, method.md decision 1): a fresh chunk enters on every Stage-1 pass up
+            to the end, so every output latent is made in a full zigzag queue (chunks past the video are
+            made and dropped, as FIFO does); ``drain``: no chunk enters once the video's last chunk is in,
+            and the last latents are finished in a shrinking queue (the behaviour before 2026-12-03,
+            kept for comparison).
+        refine_rounds: the released codes' extra refinement (method.md Alg. 5 lines 11-12, off in the
+            paper): after Stage 2, every latent is re-noised to ``refine_level`` and the unified passes run
+            again down to clean; repeated this many times.
+        refine_level: the level the refinement re-noises to (None: K2, the Stage-2 boundary, as the Wan
+            code does; the VideoCrafter2 code re-noises to DDIM index 10, level K2 + 1).
     """
 
     steps: int = 64
@@ -182,6 +192,14 @@ class MIGAConfig(_SamplingFields):
     score_mode: Literal["frame", "chunk"] = "frame"
     stage2_mode: Literal["stream", "batch"] = "stream"
     fresh_from_clip: bool = True
+    queue_end: Literal["full", "drain"] = "full"
+    refine_rounds: int = 0
+    refine_level: int | None = None
+
+    @property
+    def refine_to(self) -> int:
+        """The level the refinement re-noises to."""
+        return self.stage2_steps if self.refine_level is None else self.refine_level
 
     def validate(self, native_frames: int) -> "MIGAConfig":
         """Check the config against a model window f_0; raise MigaError naming the problem."""
@@ -215,6 +233,13 @@ class MIGAConfig(_SamplingFields):
             raise MigaError(f"score mode must be 'frame' or 'chunk', got {self.score_mode!r}")
         if self.stage2_mode not in ("stream", "batch"):
             raise MigaError(f"stage-2 mode must be 'stream' or 'batch', got {self.stage2_mode!r}")
+        if self.queue_end not in ("full", "drain"):
+            raise MigaError(f"queue_end must be 'full' or 'drain', got {self.queue_end!r}")
+        if self.refine_rounds < 0:
+            raise MigaError(f"refine_rounds must be >= 0, got {self.refine_rounds}")
+        if self.refine_rounds and not 1 <= self.refine_to < T:
+            raise MigaError(f"refine_level must be in [1, {T - 1}] (a level of the {T}-step schedule), got "
+                            f"{self.refine_to}")
         if self.reflection:
             if self.reflection_threshold < 0:
                 raise MigaError(f"reflection threshold must be >= 0, got {self.reflection_threshold}")

@@ -19,7 +19,8 @@ FULL_SEQUENCE = ("freenoise", "freelong", "freepca")  # all N latents at once (m
 MIGA_ONLY = {  # flag -> config field; refused with any other --method
     "zigzag_width": "--zigzag-width", "stage2_steps": "--stage2-steps", "guides": "--guides",
     "reflection_threshold": "--reflection-threshold", "stride": "--stride", "stage2_mode": "--stage2-mode",
-    "guide_selection": "--guide-selection", "reflect_during": "--reflect-during",
+    "guide_selection": "--guide-selection", "reflect_during": "--reflect-during", "queue_end": "--queue-end",
+    "refine_rounds": "--refine-rounds", "refine_level": "--refine-level",
 }
 
 
@@ -100,6 +101,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--reflect-during", choices=("all", "fill"), help="self-reflection on every Stage-1 pass "
                         "(the paper) or only while the queue fills (the released code)")
     parser.add_argument("--no-reflection", action="store_true", help="disable self-reflection")
+    parser.add_argument("--queue-end", choices=("full", "drain"), help="full: a fresh chunk enters the zigzag queue on "
+                        "every pass to the end, so the last latents are made like the others (the paper, default); "
+                        "drain: the queue empties for the last latents")
+    parser.add_argument("--refine-rounds", type=number(minimum=0), metavar="R", help="the released codes' refinement: "
+                        "re-noise the finished latents to --refine-level and run the unified passes again, R times "
+                        "(default 0, as in the paper)")
+    parser.add_argument("--refine-level", type=number(), metavar="K", help="the level the refinement re-noises to "
+                        "(default K2, the Stage-2 boundary)")
     parser.add_argument("--window-batch", type=number(), metavar="B", help="windows per model call where allowed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--run-dir", metavar="DIR", help="keep the run's whole state in DIR, checkpointed every "

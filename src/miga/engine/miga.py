@@ -128,10 +128,12 @@ class MIGAEngine(QueueEngine):
                                           calibration=cfg.reflection_calibration,
                                           auto_factor=cfg.reflection_auto_factor,
                                           auto_warmup=cfg.reflection_auto_warmup)
-        stage2_kw = dict(window=native_frames, stride=cfg.stride, steps=K2, dynamic_offset=cfg.dynamic_offset,
+        stage2_kw = dict(window=native_frames, stride=cfg.stride, dynamic_offset=cfg.dynamic_offset,
                          total=self.n_chunks * L)
-        self.stage2 = (Stage2Stream if cfg.stage2_mode == "stream" else Stage2Batch)(stepper, **stage2_kw) \
-            if K2 else None
+        unified = Stage2Stream if cfg.stage2_mode == "stream" else Stage2Batch
+        self.stage2 = unified(stepper, steps=K2, **stage2_kw) if K2 else None
+        # the released codes' refinement: the unified passes again from refine_level (Alg. 5 lines 11-12)
+        self.refine = [unified(stepper, steps=cfg.refine_to, **stage2_kw) for _ in range(cfg.refine_rounds)]
 
     @property
     def finished(self) -> bool:
@@ -180,7 +182,7 @@ class MIGAEngine(QueueEngine):
         """One Stage-1 iteration (Alg. 5): a fresh chunk enters, a pass, self-reflection, and the head chunk
         leaves for Stage 2 once it has run its T - K2 steps. Returns the latents Stage 2 finished."""
         cfg, L, T, K2 = self.cfg, self.cfg.zigzag_width, self.stepper.schedule.top, self.cfg.stage2_steps
-        if self.enqueued < self.n_chunks:  # a fresh zigzag chunk on every pass (project decision 1)
+        if self.enqueued < self.n_chunks or cfg.queue_end == "full":  # a fresh chunk every pass (decision 1)
             self.queue += [Slot(i, self.fresh(i, "miga"), T) for i in range(self.next_index, self.next_index + L)]
             self.next_index += L
             self.enqueued += 1
@@ -197,13 +199,22 @@ class MIGAEngine(QueueEngine):
         chunk, self.queue = self.queue[:L], self.queue[L:]
         self.emitted += 1
         out = self.stage2.push(chunk) if self.stage2 is not None else chunk
+        for r, stage in enumerate(self.refine):
+            out = stage.push([self.renoised(slot, r) for slot in out])
         return [slot for slot in out if slot.index < self.num_latents]
+
+    def renoised(self, slot: Slot, round_: int) -> Slot:
+        """A finished latent forward-noised to the refinement level, with a fresh solver history."""
+        level = self.cfg.refine_to
+        eps = self.stepper.noise.one(slot.index, level, f"miga/refine{round_}")
+        return Slot(slot.index, self.stepper.schedule.add_noise(slot.latent, eps, level), level)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "queue": pack_slots(self.queue), "last_clip": self.last_clip,
                 "enqueued": self.enqueued, "next_index": self.next_index, "emitted": self.emitted,
                 "passes": self.passes, "reflection": self.reflect.state_dict() if self.reflect else None,
-                "stage2": self.stage2.state_dict() if self.stage2 else None}
+                "stage2": self.stage2.state_dict() if self.stage2 else None,
+                "refine": [stage.state_dict() for stage in self.refine]}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
@@ -215,6 +226,8 @@ class MIGAEngine(QueueEngine):
             self.reflect.load_state_dict(state["reflection"])
         if self.stage2 is not None:
             self.stage2.load_state_dict(state["stage2"])
+        for stage, saved in zip(self.refine, state.get("refine", [])):
+            stage.load_state_dict(saved)
 
 
 def miga_latents(stepper: WindowStepper, cfg: MIGAConfig, native_frames: int, num_latents: int,

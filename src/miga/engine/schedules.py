@@ -107,6 +107,14 @@ class Schedule:
         """The noisiest level, where sampling starts (= T)."""
         return self.steps
 
+    def is_identity_step(self, level: int) -> bool:
+        """Whether the step from ``level`` to ``level - 1`` joins two identical levels (same alpha, sigma and
+        signal scale): VideoCrafter2's DDIM grid ends with t = 0 at alpha_bar of timestep 0, and its level 0
+        repeats it, so that last step changes nothing (its released samplers skip it)."""
+        k = level
+        return (k >= 1 and self.alphas[k] == self.alphas[k - 1] and self.sigmas[k] == self.sigmas[k - 1]
+                and self.signal_scales[k] == self.signal_scales[k - 1])
+
     def noise_levels(self, levels: Sequence[Sequence[int]]) -> NoiseLevels:
         """Per-frame timesteps/alphas/sigmas ``[B, F]`` for a batch of windows' level lists."""
         t = torch.tensor([[self.timesteps[k] for k in row] for row in levels], dtype=torch.float64)

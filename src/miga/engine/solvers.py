@@ -69,6 +69,10 @@ class DDIM:
     schedule: Schedule
     eta: float = 1.0
 
+    # A step between two levels of equal alpha and sigma (VideoCrafter2's last one, t = 16 -> t = 0 with
+    # alpha_bar of timestep 0 at level 0) returns its input: the stepper then calls no model.
+    identity_on_equal_levels = True
+
     @property
     def stochastic(self) -> bool:
         return self.eta > 0

@@ -79,12 +79,24 @@ class WindowStepper:
         for job in jobs:
             if not job.targets:
                 continue
+            if self.is_identity(job):  # no model call for a step that changes nothing
+                if group:  # the windows before it still read the levels they would have read
+                    self._run_group(group)
+                    group = []
+                for i in job.targets:
+                    job.slots[i].level -= 1
+                continue
             if group and (len(group) >= limit or len(job.slots) != len(group[0].slots)):
                 self._run_group(group)
                 group = []
             group.append(job)
         if group:
             self._run_group(group)
+
+    def is_identity(self, job: WindowJob) -> bool:
+        """Every target's step joins two identical levels and the solver returns its input there."""
+        return getattr(self.solver, "identity_on_equal_levels", False) and all(
+            self.schedule.is_identity_step(job.slots[i].level) for i in job.targets)
 
     def predict_denoised(self, jobs: Sequence[WindowJob]) -> torch.Tensor:
         """x0 estimates ``[B, C, F, H, W]`` for a batch of equal-length windows (CFG applied)."""
