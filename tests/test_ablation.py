@@ -310,6 +310,33 @@ def test_recorded_only_makes_nothing_and_says_what_is_missing(tiny_run, tmp_path
     assert code == 2 and "no run of this command is recorded" in err and len(err.strip().splitlines()) == 1
 
 
+def test_no_table_fills_runs_one_prompt_at_a_time_and_leaves_the_table(tiny_run, tmp_path, capsys):
+    """``--no-table`` makes the runs of a subset without rewriting the folder's table for that subset; the full
+    command with ``--recorded-only`` then tables every run and names the incomplete rows."""
+    import shutil
+
+    out = tmp_path / "fill"
+    shutil.copytree(tiny_run, out)
+    before = {name: (out / name).read_bytes() for name in ("results.md", "results.json")}
+    prompts = json.loads(before["results.json"])["prompts"]
+    records = len(list((out / "runs").glob("*.json")))
+    code, _, err = run(capsys, *TINY[:-3], "--seeds", "1", "--no-progress", "--rows", "fifo,miga", "--sweeps", "none",
+                       "--prompt", prompts[0], "--no-table", "--out", out)
+    assert code == 0 and "--no-table" in err, err
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert len(list((out / "runs").glob("*.json"))) == records + 2
+    code, text, err = run(capsys, *TINY[:-3], "--seeds", "0,1", "--no-progress", "--rows", "fifo,miga", "--sweeps",
+                          "none", "--recorded-only", "--out", out)
+    assert code == 0, err
+    n = len(prompts)
+    assert f"Only the {2 * n + 2} of {4 * n} runs" in text
+    assert f"Incomplete rows: fifo ({n + 1} of {2 * n}), miga ({n + 1} of {2 * n})" in text
+    assert json.loads((out / "results.json").read_text())["seeds"] == [0, 1]
+    code, _, err = run(capsys, *TINY, "--rows", "fifo", "--sweeps", "none", "--recorded-only", "--no-table",
+                       "--out", out)
+    assert code == 2 and "give one" in err
+
+
 # ---------------------------------------------------------------------------------------------------- refusals
 
 

@@ -233,6 +233,25 @@ def test_generate_with_latents_then_eval_gaussian(tmp_path, capsys):
                                                                                        abs=5e-5)
 
 
+def test_eval_reads_the_latents_where_the_video_says_they_are(tmp_path, capsys, monkeypatch):
+    """``--save-latents g.safetensors`` (not the default name) is recorded in the MP4; eval reads it from there,
+    from another working directory too, and names every path it looked at when the file is gone."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "generate", CLOUDS, "--model", "gaussian", "--height", 32, "--width", 32,
+                       "--frames", 64, "--out", "g.mp4", "--save-latents", "g.safetensors", "--no-progress")
+    assert code == 0, err
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, _, err = run(capsys, "eval", "--world", "gaussian", tmp_path / "g.mp4", "--json", "r.json")
+    assert code == 0, err
+    assert json.loads((elsewhere / "r.json").read_text())["videos"][0]["latents"] == str(tmp_path / "g.safetensors")
+    (tmp_path / "g.safetensors").rename(tmp_path / "moved.safetensors")
+    code, _, err = run(capsys, "eval", "--world", "gaussian", tmp_path / "g.mp4")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert str(tmp_path / "g.safetensors") in err and "g.latents.safetensors" in err
+
+
 # ---------------------------------------------------------------------------------------------------- refusals
 
 

@@ -93,7 +93,12 @@ def test_eval_does_not_score_latents_left_by_an_earlier_run(tmp_path, capsys):
     # ... or with its latents saved elsewhere
     other = tmp_path / "other.safetensors"
     assert run(capsys, "generate", "y", *SMALL, "--out", video, "--save-latents", other, "--no-progress")[0] == 0
+    code, _, err = run(capsys, "eval", "--world", "gaussian", video, "--json", tmp_path / "c.json")
+    assert code == 0 and "not using" not in err, err  # read from where the video says they are
+    assert json.loads((tmp_path / "c.json").read_text())["videos"][0]["latents"] == str(other)
+    other.rename(tmp_path / "gone.safetensors")  # the recorded file is gone: the stale one is still not used
     code, _, err = run(capsys, "eval", "--world", "gaussian", video)
     assert code == 2 and f"saved them to {other}" in err, err
+    (tmp_path / "gone.safetensors").rename(other)
     code, _, err = run(capsys, "eval", "--world", "gaussian", video, "--latents", other)  # what the user says
     assert code == 0, err

@@ -354,21 +354,35 @@ def test_the_bar_says_what_it_waits_for_and_a_resume_where_it_resumes(tmp_path, 
 
 
 def test_a_model_given_by_a_relative_path_resumes_from_another_folder(tmp_path, capsys, monkeypatch):
+    from miga.runs import VideoRun
     from toy_helpers import tiny_v2_weights
 
     work = tmp_path / "work"
     work.mkdir()
     tiny_v2_weights(str(work / "w.safetensors"))
     monkeypatch.chdir(work)
+    real = VideoRun.generate
+
+    def stop_at_4(self, on_frame=None, stop=None, **kwargs):
+        return real(self, on_frame, lambda: self.frames_done >= 4, **kwargs)
+    monkeypatch.setattr(VideoRun, "generate", stop_at_4)
     code, _, err = run(capsys, "generate", "a red circle", "--model", "w.safetensors", "--method", "fifo",
-                       "--frames", "8", "--run-dir", "r", "--out", "v.mp4", "--no-progress")
-    assert code == 0, err
+                       "--frames", "8", "--run-dir", "r", "--out", "v.mp4", "--checkpoint-every", "4",
+                       "--no-progress")
+    assert code == 130, err
+    monkeypatch.setattr(VideoRun, "generate", real)
     record = json.loads((work / "r" / "run.json").read_text())
     # everything that rebuilds the model on resume names it by its absolute path
     assert record["cli"]["model"] == record["load"]["model"] == str(work / "w.safetensors")
+    assert record["cli"]["model_as_given"] == "w.safetensors"  # for messages
     monkeypatch.chdir(tmp_path)
+    # the model moved: one line naming where it was (as typed and absolute) and how to point the run at it
+    os.rename(work / "w.safetensors", tmp_path / "moved.safetensors")
     code, _, err = run(capsys, "generate", "--resume", "work/r", "--no-progress")
-    assert code == 0, err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert str(work / "w.safetensors") in err and "'w.safetensors'" in err and "--model NEW_PATH" in err, err
+    code, _, err = run(capsys, "generate", "--resume", "work/r", "--model", "moved.safetensors", "--no-progress")
+    assert code == 0 and "resuming" in err, err
 
 
 @pytest.mark.parametrize("deleted", ["video", "latents"])

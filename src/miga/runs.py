@@ -148,6 +148,13 @@ def read_record(run_dir: str) -> dict:
     return record
 
 
+def _model_moved(stored: dict, new: dict) -> bool:
+    """Whether two run records name the same model weights (``model_id``) at different paths."""
+    a, b = stored.get("video", {}), new.get("video", {})
+    return a.get("model") != b.get("model") and a.get("model_id") == b.get("model_id") and \
+        a.get("model_id") not in (None, a.get("model"))
+
+
 def _only_moved(stored: dict, new: dict) -> bool:
     """Whether two run records differ only in where their outputs are, each output under the same name (a run
     folder copied or moved with its outputs)."""
@@ -256,6 +263,13 @@ class VideoRun:
                                      "latents": record["outputs"]["latents"]}
                 durable_write_bytes(path, (json.dumps(stored, indent=1) + "\n").encode())
                 diff = None
+            if diff and _model_moved(stored, record):  # the same weights at a new place: follow them
+                stored.setdefault("model_moved_from", []).append(stored["video"]["model"])  # checkpoints name it
+                for section in ("video", "load", "cli"):
+                    if isinstance(stored.get(section), dict) and "model" in stored[section]:
+                        stored[section]["model"] = record["video"]["model"]
+                durable_write_bytes(path, (json.dumps(stored, indent=1) + "\n").encode())
+                diff = difference(stored, record)
             if diff and resuming:
                 raise RunDifference(f"cannot resume {run_dir} with these options: {diff}; leave the option out to "
                                     "continue the run as it was, or start a new --run-dir", diff, stored)
@@ -330,9 +344,13 @@ class VideoRun:
         if not os.path.exists(self.checkpoint_path):
             return None
         state = load_state(self.checkpoint_path)
-        names = {_digest(self.record)}
-        for outputs in self.record.get("moved_from", []):  # a moved run: checkpoints taken before a move
-            names.add(_digest({**self.record, "outputs": outputs}))
+        videos = [self.record["video"]] + [{**self.record["video"], "model": model}  # the model moved since
+                                           for model in self.record.get("model_moved_from", [])]
+        names = set()
+        for video in videos:
+            names.add(_digest({**self.record, "video": video}))
+            for outputs in self.record.get("moved_from", []):  # a moved run: checkpoints taken before a move
+                names.add(_digest({**self.record, "video": video, "outputs": outputs}))
         if not isinstance(state, dict) or state.get("run") not in names:
             raise MigaError(f"checkpoint {self.checkpoint_path} belongs to a different run than "
                             f"{os.path.join(self.run_dir, RUN_FILE)}")

@@ -84,6 +84,9 @@ def _add_common_arguments(parser) -> None:
                         "record is enough: videos may be deleted to save disk)")
     parser.add_argument("--recorded-only", action="store_true", help="make nothing: the table of the runs already "
                         "recorded in DIR (rows with none are left out), e.g. to read a long sweep while it runs")
+    parser.add_argument("--no-table", action="store_true", help="make the runs but leave DIR's results.md and "
+                        "results.json as they are, e.g. to fill a big table one prompt at a time; the full command "
+                        "with --recorded-only then writes the table of every run")
     parser.add_argument("--height", type=number(), help="frame height (Gaussian worlds)")
     parser.add_argument("--width", type=number(), help="frame width (Gaussian worlds)")
     parser.add_argument("--window-batch", type=number(), metavar="B", help="windows per model call where allowed")
@@ -230,6 +233,8 @@ def run_table(args, rows: Sequence[Row], backbone=None) -> int:
     from miga.video import atomic_write_text
 
     check_outputs(args.out)
+    if getattr(args, "no_table", False) and getattr(args, "recorded_only", False):
+        raise MigaError("--no-table makes runs without a table and --recorded-only a table without runs; give one")
     seeds = _list(args.seeds, "--seeds", int)
     if not seeds:
         raise MigaError("--seeds: give at least one seed")
@@ -265,6 +270,7 @@ def run_table(args, rows: Sequence[Row], backbone=None) -> int:
     configs, jobs = plan(rows, preset_name, backbone.native_frames, prompts, seeds, args.frames, model_id, size,
                          args.window_batch)
     planned = len(jobs)
+    planned_rows = [r.key for r in rows]
     if getattr(args, "recorded_only", False):
         rows, jobs = recorded(args.out, rows, jobs, meters)
     check_full_sequence_memory(backbone, configs, args.frames, prompts[0], force=getattr(args, "force", False))
@@ -288,6 +294,10 @@ def run_table(args, rows: Sequence[Row], backbone=None) -> int:
         raise MigaError(f"{len(outcome.failed)} of {len(jobs)} run(s) failed; the others are kept in "
                         f"{os.path.join(args.out, 'runs')}; run the same command to retry")
     records = outcome.records
+    if getattr(args, "no_table", False):
+        print(f"miga: {len(jobs)} run(s) in {os.path.join(args.out, 'runs')} ({outcome.done} already done); "
+              "results.md and results.json left as they were (--no-table)", file=sys.stderr)
+        return 0
     alone = sum(not os.path.isfile(os.path.join(args.out, r["video"])) for r in records.values())
     if alone:
         print(f"miga: {alone} run(s) counted from their records alone (their videos were deleted)", file=sys.stderr)
@@ -296,7 +306,8 @@ def run_table(args, rows: Sequence[Row], backbone=None) -> int:
     result = {"command": command, "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "model": args.model,
               "model_id": model_id, "preset": preset_name, "native_frames": backbone.native_frames,
               "frame_size": f"{w}x{h}", "fps": float(backbone.fps), "frames": args.frames, "prompts": prompts,
-              "seeds": seeds, "planned_runs": planned, "machine": machine(torch.get_num_threads()),
+              "seeds": seeds, "planned_runs": planned,
+              "missing_rows": [k for k in planned_rows if k not in {r.key for r in rows}], "machine": machine(torch.get_num_threads()),
               "extractors": meters.names,
               "proxy": meters.proxies, "runs": len(jobs), "skipped": outcome.done, "executor": outcome.where,
               "rows": aggregate(rows, configs, jobs, records, backbone.native_frames)}

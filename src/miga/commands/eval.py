@@ -71,29 +71,15 @@ def _cell(value, fmt: str, unit: str = "") -> str:
 
 
 
-def _stale_latents(video: str, path: str) -> str | None:
-    """Why the latents file ``path`` found beside ``video`` is not the video's own (the video records that it
-    saved none, or saved them elsewhere: the file is left by an earlier run), or None."""
-    from miga.video import saved_latents
-
-    recorded, saved = saved_latents(video)
-    if not recorded or (saved is not None and os.path.realpath(saved) == os.path.realpath(path)):
-        return None
-    where = "saved none" if saved is None else f"saved them to {saved}"
-    return (f"{video} was made after it (miga generate {where}), so it is left by an earlier run; make the video "
-            "again with --save-latents, or give --latents FILE")
-
-
 def _video_latents(video: str, given: str | None, frames: int) -> dict | None:
     """MIGA's latent consistency over time from the latents saved with ``video`` (``None`` if none)."""
-    from miga.evaluation.latents import default_latents_path, latent_consistency, read_latents
+    from miga.evaluation.latents import default_latents_path, find_latents, latent_consistency, read_latents
 
-    path = given or default_latents_path(video)
-    if given is None and not os.path.isfile(path):
-        return None
-    stale = None if given else _stale_latents(video, path)
+    path, _, stale = (given, [given], None) if given else find_latents(video)
     if stale:
-        print(f"miga: not using the latents {path}: {stale}", file=sys.stderr)
+        print(f"miga: not using the latents {default_latents_path(video)}: {stale}", file=sys.stderr)
+        return None
+    if path is None:
         return None
     latents, meta = read_latents(path)
     k = int(meta.get("frames_per_latent", 1))
@@ -330,7 +316,7 @@ GAUSSIAN_IDENTITY_NOTE = (
 
 def _gaussian_latents(args) -> list[str]:
     """Each video's latents file, checked before any work (one line naming --save-latents when missing)."""
-    from miga.evaluation.latents import default_latents_path
+    from miga.evaluation.latents import default_latents_path, find_latents
 
     if args.latents and len(args.latents) != len(args.videos):
         raise MigaError(f"give --latents once per video: {len(args.videos)} video(s), {len(args.latents)} --latents")
@@ -341,12 +327,14 @@ def _gaussian_latents(args) -> list[str]:
                 raise MigaError(f"cannot read latents {args.latents[i]}: no such file")
             paths.append(args.latents[i])
             continue
-        path = default_latents_path(video)
-        if not os.path.isfile(path):
-            if not os.path.exists(video):
-                raise MigaError(f"cannot read video {video}: No such file or directory")
-            raise MigaError(f"{video} has no latents ({path} not found): --world gaussian measures the latents "
-                            "that miga generate --save-latents writes beside the video (or give --latents FILE)")
+        if not os.path.exists(video):
+            raise MigaError(f"cannot read video {video}: No such file or directory")
+        path, looked, stale = find_latents(video)
+        if stale:
+            raise MigaError(f"not using the latents {default_latents_path(video)}: {stale}")
+        if path is None:
+            raise MigaError(f"{video} has no latents ({' nor '.join(looked)} found): --world gaussian measures the "
+                            "latents that miga generate --save-latents writes (or give --latents FILE)")
         paths.append(path)
     return paths
 
@@ -404,9 +392,6 @@ def evaluate_gaussian(args) -> int:
         entries = [(0, args.prompt)] if args.prompt is not None else read_prompts_metadata(video)
         if entries is None:
             raise MigaError(f"{video} holds no prompt (it was not made by miga generate); pass --prompt TEXT")
-        stale = None if args.latents else _stale_latents(video, latents_path)
-        if stale:
-            raise MigaError(f"not using the latents {latents_path}: {stale}")
         latents, meta = read_latents(latents_path)
         k = int(meta.get("frames_per_latent", 1))
         world = gaussian_world_for(latents.shape[1:], latents_path)

@@ -268,6 +268,8 @@ def run(args) -> int:
         args = _resume_args(args)
     elif args.checkpoint_every is not None and args.run_dir is None:
         raise MigaError("--checkpoint-every needs --run-dir DIR (checkpoints are kept there)")
+    if args.resume is None:
+        args.model_as_given = args.model  # for messages; the run rebuilds the model from the absolute path
     args.model = _absolute_model(args.model)
     threads = None  # a run continued: with its own torch thread count, from the prompts' encoding on
     if args.run_dir is not None and os.path.isfile(os.path.join(args.run_dir, RUN_FILE)):
@@ -388,7 +390,7 @@ def _named_difference(exc: MigaError, args) -> MigaError:
     stored, current = exc.record.get("cli") or {}, _recorded_options(args)
     changed = [f"--{key.replace('_', '-')} differs ({json.dumps(stored[key])} in the run, {json.dumps(value)} now)"
                for key, value in current.items()
-               if key in stored and key not in PROMPT_OPTIONS and json.loads(json.dumps(value)) != stored[key]]
+               if key in stored and key not in PROMPT_OPTIONS + ("model_as_given",) and json.loads(json.dumps(value)) != stored[key]]
     return MigaError(str(exc).replace(exc.difference, ", ".join(changed))) if changed else exc
 
 
@@ -420,6 +422,11 @@ def _resume_args(args):
         setattr(merged, key, getattr(args, key, None))
     for key, value in given.items():
         setattr(merged, key, value)
+    model = getattr(merged, "model", None)
+    if "model" not in given and model and os.path.isabs(model) and not os.path.exists(model):
+        typed = getattr(merged, "model_as_given", None) or model
+        raise MigaError(f"the run in {args.resume} was made with the model {typed!r} ({model}), which is not there any "
+                        f"more; if it moved, continue with: miga generate --resume {args.resume} --model NEW_PATH")
     merged.run_dir, merged.no_progress = args.resume, args.no_progress
     if not any(k in given for k in PROMPT_OPTIONS):
         entries = record["video"]["prompts"]

@@ -37,6 +37,31 @@ def default_latents_path(video: str) -> str:
     return (root if ext.lower() == ".mp4" else video) + ".latents.safetensors"
 
 
+def find_latents(video: str) -> tuple[str | None, list[str], str | None]:
+    """The latents file of a video made by ``miga generate``: ``(path or None, the paths looked at, why a file
+    found beside the video is not its own or None)``. First where the video records that ``--save-latents`` wrote
+    them (beside it or an absolute path), then ``NAME.latents.safetensors`` beside it, unless the video records
+    that it saved none or saved them elsewhere (then that file is left by an earlier run)."""
+    from miga.video import saved_latents
+
+    recorded, saved = saved_latents(video)
+    looked: list[str] = []
+    if saved is not None:
+        looked.append(saved)
+        if os.path.isfile(saved):
+            return saved, looked, None
+    default = default_latents_path(video)
+    if saved is None or os.path.realpath(saved) != os.path.realpath(default):
+        looked.append(default)
+    if not os.path.isfile(default):
+        return None, looked, None
+    if recorded and (saved is None or os.path.realpath(saved) != os.path.realpath(default)):
+        where = "saved none" if saved is None else f"saved them to {saved}"
+        return None, looked, (f"{video} was made after it (miga generate {where}), so it is left by an earlier "
+                              "run; make the video again with --save-latents, or give --latents FILE")
+    return default, looked, None
+
+
 class LatentWriter:
     """Streams ``count`` latents ``[C, H, W]`` into a ``.safetensors`` file (see the module docstring).
 

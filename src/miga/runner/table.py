@@ -156,8 +156,12 @@ def markdown(result: dict) -> str:
              "mean ± standard deviation over those runs.", "",
              "Prompts: " + "; ".join(f"`{p}`" for p in result["prompts"]) + ".", ""]
     if result.get("planned_runs", result["runs"]) > result["runs"]:
+        per_row = len(result["prompts"]) * len(result["seeds"])
+        short = [f"{r['key']} ({r['runs']} of {per_row})" for r in rows if r["runs"] < per_row]
+        short += [f"{key} (none)" for key in result.get("missing_rows", [])]
         lines += [f"Only the {result['runs']} of {result['planned_runs']} runs recorded so far (`--recorded-only`): "
-                  "rows may have fewer runs than prompts x seeds, and rows with none are left out.", ""]
+                  "rows may have fewer runs than prompts x seeds, and rows with none are left out."
+                  + (f" Incomplete rows: {', '.join(short)}." if short else ""), ""]
     for group in dict.fromkeys(r["group"] for r in rows):
         lines += [f"**{titles.get(group, group)}**", "", "| " + " | ".join(heads) + " |",
                   "|" + "|".join(["---"] * 2 + ["---:"] * (len(heads) - 2)) + "|"]
