@@ -206,8 +206,15 @@ def test_ddim_rescale_applies_scale_arr_ratio_per_frame():
     a, _ = DDIM(plain, eta=1.0).step(x, x0, levels, [None] * 3, noise)
     b, _ = DDIM(scaled, eta=1.0).step(x, x0, levels, [None] * 3, noise)
     for i, k in enumerate(levels):
+        # LVDM's p_sample_ddim with use_scale: only the x0 term is rescaled, x_prev = sqrt(a_prev) * r * x0 +
+        # dir_xt + noise, dir_xt = sqrt(1 - a_prev - sigma_t^2) * eps, eps = (x - sqrt(a_t) x0) / sqrt(1 - a_t)
         ratio = scaled.signal_scales[k - 1] / scaled.signal_scales[k]
-        assert torch.allclose(b[i], ratio * a[i]), k
+        a_t, a_prev = scaled.alphas[k] ** 2, scaled.alphas[k - 1] ** 2
+        sigma_t = (((1 - a_prev) / (1 - a_t)) * (1 - a_t / a_prev)) ** 0.5  # eta = 1
+        eps = (x[i] - a_t ** 0.5 * x0[i]) / (1 - a_t) ** 0.5
+        lvdm = a_prev ** 0.5 * ratio * x0[i] + (1 - a_prev - sigma_t ** 2) ** 0.5 * eps + sigma_t * noise[i]
+        assert torch.allclose(b[i], lvdm), k
+        assert torch.allclose(b[i] - a[i], a_prev ** 0.5 * (ratio - 1) * x0[i])  # the plain step but for x0's term
     assert not torch.allclose(b[0], a[0]) and torch.allclose(b[2], a[2])  # t >= 399: ratio 1
     assert torch.allclose(scaled.add_noise(x0, noise, 64), 0.7 * scaled.alphas[64] * x0 + scaled.sigmas[64] * noise)
 

@@ -20,8 +20,8 @@ padded with token id 0 to 77 tokens, as OpenCLIP's tokenizer does. Each finished
 own (the VAE is 2D), ``latent / 0.18215``.
 
 The ``use_scale`` detail: VideoCrafter2 was trained with the clean latent scaled by ``scale_arr[t]`` (1 at
-t = 0 falling linearly to 0.7 at t = 399, then 0.7), and its native DDIM multiplies each step's result by
-``scale_arr[t_prev] / scale_arr[t]``. FIFO-Diffusion's and MIGA's per-frame DDIM leave that out, and the
+t = 0 falling linearly to 0.7 at t = 399, then 0.7), and its native DDIM multiplies each step's clean-latent
+term (not the direction or noise terms) by ``scale_arr[t_prev] / scale_arr[t]``. FIFO-Diffusion's and MIGA's per-frame DDIM leave that out, and the
 paper's numbers were measured so; miga does the same by default (paper first) and applies it per frame with
 ``ddim_rescale=True`` (``--ddim-rescale``), see :class:`~miga.engine.schedules.ScheduleConfig`.
 """

@@ -38,7 +38,7 @@ class ScheduleConfig:
         signal_scale_end, signal_scale_steps: a model trained on ``scale(t)·x0`` instead of ``x0``, with
             ``scale(t)`` falling linearly from 1 at t = 0 to ``signal_scale_end`` at
             t = ``signal_scale_steps`` - 1 and constant after (VideoCrafter2's ``use_scale``: 0.7 and 400).
-            DDIM then multiplies each step by ``scale(t_prev) / scale(t)`` and ``add_noise`` scales x0 by
+            DDIM then multiplies each step's x0 term by ``scale(t_prev) / scale(t)`` and ``add_noise`` scales x0 by
             ``scale(t)``, as LVDM's sampler does. 1.0 (the default) turns it off, as in FIFO/MIGA's code.
         integer_timesteps: (``flow`` only) feed the model the whole timestep ``int(σ·N)`` rather than
             ``σ·N``, as diffusers' and Wan's own UniPC/flow schedulers do (their ``timesteps`` are int64,

@@ -62,8 +62,9 @@ class DDIM:
     ``x_prev = a_p x0 + sqrt(s_p^2 - s_eta^2) eps + s_eta xi``, with
     ``s_eta = eta * (s_p / s) * sqrt(s^2 - (a / a_p)^2 s_p^2)``: with ``alpha^2 + sigma^2 = 1`` this is the
     DDIM of VideoCrafter2/FIFO (method.md Eq. 1); eta = 1 is the DDPM posterior, eta = 0 the ODE. With a
-    schedule signal scale (VideoCrafter2's ``use_scale``) the result is multiplied by
-    ``scale(t_prev) / scale(t)``, as LVDM's native DDIM does and FIFO/MIGA's per-frame DDIM does not.
+    schedule signal scale (VideoCrafter2's ``use_scale``) the x0 term is multiplied by
+    ``scale(t_prev) / scale(t)`` (the direction and noise terms are not), as LVDM's native DDIM does and
+    FIFO/MIGA's per-frame DDIM does not.
     """
 
     schedule: Schedule
@@ -87,10 +88,10 @@ class DDIM:
             s_eta = self.eta * math.sqrt(var)
             direction = math.sqrt(max(0.0, sp * sp - s_eta * s_eta))
             rescale = sch.signal_scales[k - 1] / sch.signal_scales[k]  # 1 unless the model uses a signal scale
-            # eps = (x - a x0) / s
-            c_x.append(rescale * direction / s)
-            c_x0.append(rescale * (ap - direction * a / s))
-            c_noise.append(rescale * s_eta)
+            # eps = (x - a x0) / s; only the x0 term is rescaled (LVDM's p_sample_ddim with use_scale)
+            c_x.append(direction / s)
+            c_x0.append(ap * rescale - direction * a / s)
+            c_noise.append(s_eta)
         terms = [(c_x, x), (c_x0, denoised)]
         if self.stochastic:
             if noise is None:
