@@ -74,11 +74,21 @@ class FIFOConfig(_SamplingFields):
         lookahead: lookahead denoising: windows of f_0 at stride f_0/2 write their latter half, with
             f_0/2 clean padding latents in front; without it, n disjoint windows.
         drop_warmup: drop the first T - f_0 outputs (noised copies of the base clip's first frame).
+        clip_signal_scale_end, clip_signal_scale_steps: sample the base clip on the schedule with this signal
+            scale (``ScheduleConfig.signal_scale_end/steps``; VideoCrafter2's ``use_scale``: 0.7 and 400), as
+            FIFO-Diffusion's code does with LVDM's own DDIM; the queue keeps its plain per-frame DDIM. 1.0 (the
+            default): the clip on the queue's schedule.
+        padding: the f_0/2 lookahead padding latents in front are the base clip's first frame ``clean`` or
+            ``noised`` to level 0 (fresh noise; on VideoCrafter2's grid level 0 is alpha_bar of t = 0, sigma
+            0.029), as the code does; on a schedule whose level 0 is clean both are the same.
     """
 
     partitions: int = 4
     lookahead: bool = True
     drop_warmup: bool = True
+    clip_signal_scale_end: float = 1.0
+    clip_signal_scale_steps: int = 400
+    padding: Literal["clean", "noised"] = "clean"
 
     def steps(self, native_frames: int) -> int:
         return native_frames * self.partitions
@@ -89,12 +99,24 @@ class FIFOConfig(_SamplingFields):
             raise MigaError(f"FIFO needs at least 1 partition, got {self.partitions}")
         if self.lookahead and native_frames < 2:
             raise MigaError("FIFO lookahead needs a model window of at least 2 frames")
+        if self.padding not in ("clean", "noised"):
+            raise MigaError(f"padding must be 'clean' or 'noised', got {self.padding!r}")
+        if not 0 < self.clip_signal_scale_end <= 1 or self.clip_signal_scale_steps < 2:
+            raise MigaError("clip_signal_scale_end must be in (0, 1] and clip_signal_scale_steps >= 2")
         return self
 
     @classmethod
     def videocrafter2(cls) -> "FIFOConfig":
         """FIFO on VideoCrafter2: n = 4 (T = 64), DDIM eta = 1, CFG 12."""
         return cls(partitions=4, solver="ddim", eta=1.0, guidance_scale=12.0)
+
+    @classmethod
+    def videocrafter2_released(cls) -> "FIFOConfig":
+        """FIFO-Diffusion's released VideoCrafter2 code (``videocrafter_main.py``) where it differs from the
+        paper's description: the base clip by LVDM's own DDIM with ``use_scale`` (0.7 from t = 400), the
+        lookahead padding noised to level 0. Checked against that code on a tiny model
+        (``tests/test_reference_fifo_vc2.py``)."""
+        return cls.videocrafter2().with_(clip_signal_scale_end=0.7, clip_signal_scale_steps=400, padding="noised")
 
     @classmethod
     def modelscope(cls) -> "FIFOConfig":
@@ -170,6 +192,28 @@ class MIGAConfig(_SamplingFields):
             again down to clean; repeated this many times.
         refine_level: the level the refinement re-noises to (None: K2, the Stage-2 boundary, as the Wan
             code does; the VideoCrafter2 code re-noises to DDIM index 10, level K2 + 1).
+
+    The released Wan code's other choices, each a field (defaults: the paper / method.md; ``wan21_released``
+    sets the code's; ``docs/reference.md`` lists each with its file and line and measured effect):
+
+        flow_grid: the flow sigma grid, ``diffusers`` (``linspace(1, 1/N)``) or ``wan`` (Wan's own scheduler,
+            ``linspace(0.999, 0)`` in float32; flow models only).
+        static_tiling: the static passes (queue filling, self-reflection candidates) put the short window
+            second to last (``remainder_last``, method.md 3.9) or first (``remainder_first``, the code).
+        fill_lead: the queue counts as filling (static tiling; ``reflect_during="fill"``; the dynamic offset's
+            pass counter starts after it) while its head chunk is above level K2 + ``fill_lead`` before a pass
+            (1: until the ladder is complete; the code's fill loop stops one level earlier, 2).
+        steady_guides: on steady Stage-1 passes a window's guides are read ``updated`` by this pass (the
+            windows run head to tail) or as they were ``pre_pass`` (the code, which rebuilds its guide list
+            after the pass; the windows are then independent and batch).
+        reflection_lead_chunks: chunks a judged chunk needs in front of it beyond its n_ref references (the
+            code: 1).
+        stage2_entry: Stage-1 output at level K2 enters Stage 2 at its level (``exact``, Eq. 4) or labelled one
+            level noisier, K2 + 1 (``relabel``, the code), so that Stage 2's K2 steps end at level 1, not clean.
+        stage2_history: the multistep solver's history from Stage 1 is kept into Stage 2 (``keep``) or
+            started afresh there (``reset``, the code).
+        unified_offset_from: the dynamic offset of unified pass p (Stage 2 and refinement) is
+            ``(p - 1 + unified_offset_from) mod s``: 1 gives ``p mod s`` (method.md Alg. 5), 0 the code's.
     """
 
     steps: int = 64
@@ -195,6 +239,14 @@ class MIGAConfig(_SamplingFields):
     queue_end: Literal["full", "drain"] = "full"
     refine_rounds: int = 0
     refine_level: int | None = None
+    flow_grid: Literal["diffusers", "wan"] = "diffusers"
+    static_tiling: Literal["remainder_last", "remainder_first"] = "remainder_last"
+    fill_lead: int = 1
+    steady_guides: Literal["updated", "pre_pass"] = "updated"
+    reflection_lead_chunks: int = 0
+    stage2_entry: Literal["exact", "relabel"] = "exact"
+    stage2_history: Literal["keep", "reset"] = "keep"
+    unified_offset_from: int = 1
 
     @property
     def refine_to(self) -> int:
@@ -235,6 +287,15 @@ class MIGAConfig(_SamplingFields):
             raise MigaError(f"stage-2 mode must be 'stream' or 'batch', got {self.stage2_mode!r}")
         if self.queue_end not in ("full", "drain"):
             raise MigaError(f"queue_end must be 'full' or 'drain', got {self.queue_end!r}")
+        for name, allowed in (("flow_grid", ("diffusers", "wan")), ("static_tiling", ("remainder_last", "remainder_first")),
+                              ("steady_guides", ("updated", "pre_pass")), ("stage2_entry", ("exact", "relabel")),
+                              ("stage2_history", ("keep", "reset"))):
+            if getattr(self, name) not in allowed:
+                raise MigaError(f"{name} must be {' or '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.fill_lead < 1 or self.reflection_lead_chunks < 0 or self.unified_offset_from < 0:
+            raise MigaError("fill_lead must be >= 1, reflection_lead_chunks and unified_offset_from >= 0")
+        if self.stage2_entry == "relabel" and self.stage2_steps + 1 > T - 1:
+            raise MigaError(f"stage2_entry='relabel' needs K2 + 1 < T, got K2={self.stage2_steps}, T={T}")
         if self.refine_rounds < 0:
             raise MigaError(f"refine_rounds must be >= 0, got {self.refine_rounds}")
         if self.refine_rounds and not 1 <= self.refine_to < T:
@@ -278,6 +339,18 @@ class MIGAConfig(_SamplingFields):
         return cls(steps=54, zigzag_width=7, stage2_steps=10, stride=10, guides=4, reflection_threshold=0.01,
                    reflection_samples=3, reflection_judge_steps=10, reflection_ref_chunks=2,
                    solver="unipc", eta=0.0, guidance_scale=5.0, flow_shift=5.0)
+
+    @classmethod
+    def wan21_released(cls) -> "MIGAConfig":
+        """The MIGA authors' released Wan2.1 code (``wan_based/wan/text2video.py``, ``generate_by_miga``) where
+        it differs from the paper: nearest-chunk guides read before the pass, self-reflection only while the
+        queue fills (which ends one level early), remainder-first static tiling, Wan's own sigma grid, Stage 2
+        entered one level noisier with fresh solver histories and offsets from 0, then one refinement round
+        from level K2. Checked against that code on a tiny model (``tests/test_reference_miga_wan.py``)."""
+        return cls.wan21().with_(guide_selection="nearest", reflect_during="fill", refine_rounds=1,
+                                 flow_grid="wan", static_tiling="remainder_first", fill_lead=2,
+                                 steady_guides="pre_pass", reflection_lead_chunks=1, stage2_entry="relabel",
+                                 stage2_history="reset", unified_offset_from=0)
 
     @classmethod
     def skyreels_v2_df(cls) -> "MIGAConfig":
@@ -622,7 +695,12 @@ PRESETS = {
     "skyreels-v2-df": (MIGAConfig.skyreels_v2_df, FIFOConfig.skyreels_v2_df),
     "gaussian": (MIGAConfig.gaussian, FIFOConfig.gaussian),
     "shapes": (MIGAConfig.shapes, FIFOConfig.shapes),
+    "wan2.1-released": (MIGAConfig.wan21_released, FIFOConfig.wan21),
+    "videocrafter2-released": (None, FIFOConfig.videocrafter2_released),
 }
+"""Preset name -> (MIGA's, FIFO's). ``*-released``: the authors' released code where it differs from the paper,
+each difference a config field, checked against that code on a tiny model (``docs/reference.md``); None where no
+such comparison exists yet."""
 
 
 BASELINE_PRESETS = ("videocrafter2", "modelscope", "shapes", "wan2.1", "skyreels-v2-df")
@@ -667,4 +745,9 @@ def preset(name: str, method: str = "miga"):
         return getattr(cls, attr)()
     if method == "scalingnoise":
         return ScalingNoiseMethod.of(PRESETS[name][1]())
-    return PRESETS[name][0 if method == "miga" else 1]()
+    make = PRESETS[name][0 if method == "miga" else 1]
+    if make is None:
+        have = [n for n, pair in PRESETS.items() if pair[0 if method == "miga" else 1] is not None]
+        raise MigaError(f"the {name} preset has no {method} settings (that code has not been reproduced); choose one "
+                        f"of {', '.join(have)}")
+    return make()

@@ -192,6 +192,13 @@ class LongVideo:
             from dataclasses import replace
 
             sched_cfg = replace(sched_cfg, shift=self.config.flow_shift)
+        if getattr(self.config, "flow_grid", "diffusers") != "diffusers":
+            from dataclasses import replace
+
+            if sched_cfg.kind != "flow":
+                raise MigaError(f"flow_grid={self.config.flow_grid!r} applies to flow models; "
+                                f"{getattr(backbone, 'name', 'this model')} is a DDPM model")
+            sched_cfg = replace(sched_cfg, flow_grid=self.config.flow_grid)
         if is_full_sequence(self.config) and self.config.schedule_changes():
             from dataclasses import replace
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from dataclasses import replace
+
 from miga.config import FIFOConfig
 from miga.engine.queue import QueueEngine, pack_slots, unpack_slots
+from miga.engine.schedules import Schedule
+from miga.engine.solvers import make_solver
 from miga.engine.stepper import Slot, WindowJob, WindowStepper, sample_clip
 from miga.engine.tiling import fifo_windows
 
@@ -36,17 +40,29 @@ class FIFOEngine(QueueEngine):
 
     def start(self) -> None:
         """The base clip, forward-noised into the queue (A1)."""
-        sch, noise = self.stepper.schedule, self.stepper.noise
+        sch, noise, cfg = self.stepper.schedule, self.stepper.noise, self.cfg
         f0, T = self.f0, sch.top
-        clip = sample_clip(self.stepper, f0, 0, "clip")
+        clip_stepper = self.stepper
+        if cfg.clip_signal_scale_end != 1.0:  # the code's base clip: LVDM's DDIM with the model's signal scale
+            scaled = Schedule(replace(sch.config, signal_scale_end=cfg.clip_signal_scale_end,
+                                      signal_scale_steps=cfg.clip_signal_scale_steps), sch.steps)
+            clip_stepper = self.stepper.on_schedule(scaled, make_solver(cfg.solver, scaled, cfg.eta))
+        clip = sample_clip(clip_stepper, f0, 0, "clip")
         warmup = T - f0
         queue = []
         for j in range(T):  # (A1)
             idx, level = j - warmup, j + 1
             src = clip[max(0, j - warmup)].latent
             queue.append(Slot(idx, sch.add_noise(src, noise.one(idx, level, "fifo/init"), level), level))
-        if self.head:  # f_0/2 clean padding latents in front, never written
-            queue = [Slot(-warmup - self.head + i, clip[0].latent, 0) for i in range(self.head)] + queue
+        if self.head:  # f_0/2 padding latents in front (clean, or noised to level 0 as the code does), never written
+            pad = []
+            for i in range(self.head):
+                idx = -warmup - self.head + i
+                latent = clip[0].latent
+                if cfg.padding == "noised":
+                    latent = sch.add_noise(latent, noise.one(idx, 0, "fifo/pad"), 0)
+                pad.append(Slot(idx, latent, 0))
+            queue = pad + queue
         self.queue = queue
 
     def step(self) -> list[Slot]:

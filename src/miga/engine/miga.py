@@ -10,7 +10,7 @@ from miga.config import MIGAConfig
 from miga.engine.queue import QueueEngine, pack_slots, unpack_slots
 from miga.engine.reflection import SelfReflection
 from miga.engine.stepper import Slot, Stats, WindowJob, WindowStepper, sample_clip
-from miga.engine.tiling import nearest_chunk_guides, tiling, uniform_guides
+from miga.engine.tiling import nearest_chunk_guides, static_offset, tiling, uniform_guides
 
 
 class Stage2Batch:
@@ -18,14 +18,15 @@ class Stage2Batch:
     of them (window f_0, stride s, no guidance) and return them clean."""
 
     def __init__(self, stepper: WindowStepper, *, window: int, stride: int, steps: int, dynamic_offset: bool,
-                 total: int):
+                 total: int, offset_from: int = 1):
         self.stepper, self.window, self.stride, self.steps = stepper, window, stride, steps
-        self.dynamic_offset, self.total = dynamic_offset, total
+        self.dynamic_offset, self.total, self.offset_from = dynamic_offset, total, offset_from
         self.slots: list[Slot] = []
 
     def plan(self, step: int):
-        """Windows of unified pass ``step`` (1-based) over all ``total`` latents."""
-        offset = step % self.stride if self.dynamic_offset else 0
+        """Windows of unified pass ``step`` (1-based) over all ``total`` latents: offset
+        ``(step - 1 + offset_from) mod s`` (``step mod s`` by default)."""
+        offset = (step - 1 + self.offset_from) % self.stride if self.dynamic_offset else 0
         return tiling(self.total, self.window, self.stride, offset)
 
     def push(self, slots: list[Slot]) -> list[Slot]:
@@ -127,9 +128,11 @@ class MIGAEngine(QueueEngine):
                                           mode=cfg.score_mode, batch=cfg.reflection_batch,
                                           calibration=cfg.reflection_calibration,
                                           auto_factor=cfg.reflection_auto_factor,
-                                          auto_warmup=cfg.reflection_auto_warmup)
+                                          auto_warmup=cfg.reflection_auto_warmup,
+                                          lead_chunks=cfg.reflection_lead_chunks,
+                                          remainder_first=cfg.static_tiling == "remainder_first")
         stage2_kw = dict(window=native_frames, stride=cfg.stride, dynamic_offset=cfg.dynamic_offset,
-                         total=self.n_chunks * L)
+                         total=self.n_chunks * L, offset_from=cfg.unified_offset_from)
         unified = Stage2Stream if cfg.stage2_mode == "stream" else Stage2Batch
         self.stage2 = unified(stepper, steps=K2, **stage2_kw) if K2 else None
         # the released codes' refinement: the unified passes again from refine_level (Alg. 5 lines 11-12)
@@ -164,19 +167,25 @@ class MIGAEngine(QueueEngine):
             return nearest_chunk_guides(start, self.cfg.guides, self.cfg.zigzag_width)
         return uniform_guides(start, self.cfg.guides)
 
-    def stage1_pass(self, offset: int) -> None:
-        """Alg. 7: one pass over the zigzag queue, windows head to tail, guides in front (Eq. 8)."""
-        queue, f0, m = self.queue, self.f0, self.cfg.guides
+    def stage1_pass(self, offset: int, filling: bool = False) -> None:
+        """Alg. 7: one pass over the zigzag queue, windows head to tail, guides in front (Eq. 8). Guides see
+        this pass's updates of the latents in front (Gauss-Seidel), except on steady passes with
+        ``steady_guides="pre_pass"``, where they are read as the pass found them."""
+        queue, f0, m, cfg = self.queue, self.f0, self.cfg.guides, self.cfg
+        if filling and cfg.static_tiling == "remainder_first":
+            offset = static_offset(len(queue), f0 - m, cfg.stride, True)
+        frozen = not filling and cfg.steady_guides == "pre_pass"
+        source = [slot.copy() for slot in queue] if frozen and m else queue
         jobs = []
-        for w in tiling(len(queue), f0 - m, self.cfg.stride, offset):
+        for w in tiling(len(queue), f0 - m, cfg.stride, offset):
             if m == 0 or w.start < m:  # too few latents in front: a plain window of f_0
                 jobs.append(WindowJob(queue[w.start:w.start + f0], range(w.n_update), queue[w.start].index,
                                       "stage1"))
             else:
-                window = [queue[g] for g in self.guides(w.start)] + queue[w.start:w.start + w.length]
+                window = [source[g] for g in self.guides(w.start)] + queue[w.start:w.start + w.length]
                 jobs.append(WindowJob(window, range(m, m + w.n_update), queue[w.start].index, "stage1"))
-        # Guides must see this pass's updates of the latents in front (Gauss-Seidel): no batching then.
-        self.stepper.run(jobs, batch=(m == 0))
+        # updated guides need the windows one by one; pre-pass guides leave them independent
+        self.stepper.run(jobs, batch=(m == 0 or frozen))
 
     def step(self) -> list[Slot]:
         """One Stage-1 iteration (Alg. 5): a fresh chunk enters, a pass, self-reflection, and the head chunk
@@ -186,10 +195,10 @@ class MIGAEngine(QueueEngine):
             self.queue += [Slot(i, self.fresh(i, "miga"), T) for i in range(self.next_index, self.next_index + L)]
             self.next_index += L
             self.enqueued += 1
-        filling = self.queue[0].level > K2 + 1  # Alg. 4: the ladder is not complete yet
+        filling = self.queue[0].level > K2 + cfg.fill_lead  # Alg. 4: the ladder is not complete yet
         offset = self.passes % cfg.stride if (cfg.dynamic_offset and not filling) else 0
         self.passes += 0 if filling else 1
-        self.stage1_pass(offset)
+        self.stage1_pass(offset, filling)
         if self.reflect is not None and (cfg.reflect_during == "all" or filling):
             self.reflect(self.queue)
         if self.on_pass is not None:
@@ -198,6 +207,11 @@ class MIGAEngine(QueueEngine):
             return []
         chunk, self.queue = self.queue[:L], self.queue[L:]
         self.emitted += 1
+        for slot in chunk:
+            if cfg.stage2_entry == "relabel" and self.stage2 is not None:
+                slot.level = K2 + 1  # the code's label: Stage 2's K2 steps then end at level 1
+            if cfg.stage2_history == "reset":
+                slot.state = None
         out = self.stage2.push(chunk) if self.stage2 is not None else chunk
         for r, stage in enumerate(self.refine):
             out = stage.push([self.renoised(slot, r) for slot in out])

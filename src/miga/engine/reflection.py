@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 
 from miga.engine.stepper import Slot, Stats, WindowJob, WindowStepper
-from miga.engine.tiling import tiling
+from miga.engine.tiling import static_offset, tiling
 
 
 def consistency_score(eval_latents: torch.Tensor, ref_latents: torch.Tensor, mode: str = "frame") -> float:
@@ -43,11 +43,13 @@ class SelfReflection:
     def __init__(self, stepper: WindowStepper, *, chunk: int, window: int, stride: int, judge_steps: int,
                  ref_chunks: int, samples: int, threshold: float, fresh: Callable[[int, str], torch.Tensor],
                  stats: Stats, mode: str = "frame", batch: bool = True, calibration: str = "fixed",
-                 auto_factor: float = 1.5, auto_warmup: int = 4):
+                 auto_factor: float = 1.5, auto_warmup: int = 4, lead_chunks: int = 0,
+                 remainder_first: bool = False):
         self.stepper, self.chunk, self.window, self.stride = stepper, chunk, window, stride
         self.judge_steps, self.ref_chunks, self.samples = judge_steps, ref_chunks, samples
         self.threshold, self.fresh, self.stats, self.mode, self.batch = threshold, fresh, stats, mode, batch
         self.calibration, self.auto_factor, self.auto_warmup = calibration, auto_factor, auto_warmup
+        self.lead_chunks, self.remainder_first = lead_chunks, remainder_first
         self.history: list[float] = []
 
     def judged_position(self, queue: list[Slot]) -> int | None:
@@ -55,7 +57,8 @@ class SelfReflection:
         level = self.stepper.schedule.top - self.judge_steps
         for p in range(0, len(queue), self.chunk):
             if queue[p].level == level:
-                ok = p >= self.ref_chunks * self.chunk and len(queue) - p == self.judge_steps * self.chunk
+                front = (self.ref_chunks + self.lead_chunks) * self.chunk
+                ok = p >= front and len(queue) - p == self.judge_steps * self.chunk
                 return p if ok else None
         return None
 
@@ -125,7 +128,9 @@ class SelfReflection:
         for j in range(self.judge_steps):
             for X, purpose in zip(cands, purposes):
                 X += [Slot(i, self.fresh(i, purpose), top) for i in indices[j * L:(j + 1) * L]]
-            plan = tiling(len(cands[0]), self.window, self.stride, 0)
+            length = len(cands[0])
+            plan = tiling(length, self.window, self.stride,
+                          static_offset(length, self.window, self.stride, self.remainder_first))
             jobs = [[WindowJob(X[w.start:w.start + w.length], range(max(w.start, fixed) - w.start, w.n_update),
                                X[w.start].index, purpose) for w in plan] for X, purpose in zip(cands, purposes)]
             if self.batch:  # window-major: the same window of every candidate side by side

@@ -40,6 +40,9 @@ class ScheduleConfig:
             t = ``signal_scale_steps`` - 1 and constant after (VideoCrafter2's ``use_scale``: 0.7 and 400).
             DDIM then multiplies each step's x0 term by ``scale(t_prev) / scale(t)`` and ``add_noise`` scales x0 by
             ``scale(t)``, as LVDM's sampler does. 1.0 (the default) turns it off, as in FIFO/MIGA's code.
+        flow_grid: (``flow`` only) the sigma grid before the shift: ``diffusers`` = ``linspace(1, 1/N, T)``
+            (diffusers' UniPC with ``use_flow_sigmas``), ``wan`` = ``linspace(0.999, 0, T + 1)[:-1]`` in float32
+            sigmas, as Wan2.1's own ``FlowUniPCMultistepScheduler`` (and the MIGA authors' Wan code) builds it.
         integer_timesteps: (``flow`` only) feed the model the whole timestep ``int(σ·N)`` rather than
             ``σ·N``, as diffusers' and Wan's own UniPC/flow schedulers do (their ``timesteps`` are int64,
             truncated); the solver still uses the exact σ. ``ddpm`` timesteps are grid integers anyway.
@@ -57,6 +60,7 @@ class ScheduleConfig:
     signal_scale_end: float = 1.0
     signal_scale_steps: int = 400
     integer_timesteps: bool = False
+    flow_grid: Literal["diffusers", "wan"] = "diffusers"
 
 
 @dataclass(frozen=True)
@@ -178,8 +182,14 @@ def _ddpm_levels(config: ScheduleConfig, steps: int):
 
 
 def flow_sigmas(config: ScheduleConfig, steps: int) -> np.ndarray:
-    """Descending shifted flow sigmas for levels T..1 (the grid of diffusers' UniPC ``use_flow_sigmas``)."""
+    """Descending shifted flow sigmas for levels T..1 (the grid of diffusers' UniPC ``use_flow_sigmas``, or of
+    Wan's own scheduler with ``flow_grid="wan"``), float64."""
     n = config.num_train_timesteps
+    if config.flow_grid == "wan":  # sigma_max = 1 - 1/N held in float32, down to 0, the last point dropped
+        s = np.linspace(float(np.float32(1.0 - 1.0 / n)), 0.0, steps + 1)[:-1]
+        return config.shift * s / (1.0 + (config.shift - 1.0) * s)
+    if config.flow_grid != "diffusers":
+        raise ValueError(f"unknown flow grid {config.flow_grid!r}; use 'diffusers' or 'wan'")
     s = np.linspace(1.0, 1.0 / n, steps + 1)[:-1]
     s = config.shift * s / (1.0 + (config.shift - 1.0) * s)
     if abs(s[0] - 1.0) < 1e-6:  # keep log(alpha) finite at the top level, as diffusers does
@@ -201,5 +211,7 @@ def _flow_levels(config: ScheduleConfig, steps: int):
     desc = flow_sigmas(config, steps)  # levels T..1
     sigmas = [0.0] + [float(x) for x in desc[::-1]]  # index = level
     timesteps = flow_model_timesteps(config, sigmas)
+    if config.flow_grid == "wan":  # Wan's scheduler keeps its sigmas in float32 (timesteps from the float64 ones)
+        sigmas = [float(np.float32(x)) for x in sigmas]
     alphas = [1.0 - s for s in sigmas]
     return timesteps, alphas, sigmas

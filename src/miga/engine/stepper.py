@@ -69,6 +69,15 @@ class WindowStepper:
         self.stats = stats
         self.max_batch = max(1, int(max_batch))
 
+    def on_schedule(self, schedule: Schedule, solver) -> "WindowStepper":
+        """The same model, prompts, noise and counters on another schedule and solver (e.g. a base clip
+        sampled with the model's signal scale while the queue runs without it)."""
+        import copy
+
+        other = copy.copy(self)
+        other.schedule, other.solver = schedule, solver
+        return other
+
     @torch.no_grad()
     def run(self, jobs: Sequence[WindowJob], batch: bool = True, limit: int | None = None) -> None:
         """Run jobs in order. With ``batch``, consecutive jobs of equal window length share one model

@@ -55,6 +55,12 @@ def tail_windows(start: int, window: int, length: int) -> Iterator[Window]:
     yield Window(length - window, window, window)
 
 
+def static_offset(length: int, window: int, stride: int, remainder_first: bool) -> int:
+    """The offset of a static (undelayed) pass: 0 puts the short window second to last (method.md 3.9);
+    ``remainder_first`` puts it first, ``(length - window) mod stride``, as the MIGA authors' Wan code tiles."""
+    return (length - window) % stride if remainder_first and length > window else 0
+
+
 def tiling(length: int, window: int, stride: int, offset: int = 0) -> list[Window]:
     """The whole plan for a queue of ``length`` latents (see :func:`iter_tiling`)."""
     return list(iter_tiling(window, stride, offset, length))
