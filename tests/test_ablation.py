@@ -1,5 +1,6 @@
 """``miga ablate``: the Table-5 rows and sweeps as configs, a tiny end-to-end run, resume, refusals."""
 
+import hashlib
 import json
 from dataclasses import replace
 
@@ -416,3 +417,28 @@ def test_shapes_model_adds_world_metrics(tiny_weights, tmp_path, capsys):
     code, _, err = run(capsys, "ablate", "--model", tiny_weights, "--prompt", "drifting clouds", "--out",
                        tmp_path / "p", "--no-progress")
     assert code == 2 and "unknown word" in err and err.count("\n") == 1 and not (tmp_path / "p").exists()
+
+
+def test_records_made_before_new_config_fields_still_match():
+    """Fields added later leave the record when they hold the value earlier runs had in effect, so a FIFO run
+    keeps its digest, and a MIGA run made before the full-queue ending matches ``queue_end="drain"`` alone."""
+    from dataclasses import asdict
+
+    from miga.config import RECORD_DEFAULTS, FIFOConfig, MIGAConfig, config_from_dict, preset
+    from miga.runner.jobs import make_job
+
+    def old_digest(config):  # the key as runs recorded it before the fields existed
+        job = make_job("r", config, 0, "x", 0, 16, "gaussian", {})
+        key = dict(job.key, config={k: v for k, v in asdict(config).items()
+                                    if k not in RECORD_DEFAULTS[type(config)]})
+        return job.digest, hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+    new, old = old_digest(preset("shapes", "fifo"))
+    assert new == old
+    new, old = old_digest(preset("shapes", "miga").with_(queue_end="drain"))
+    assert new == old
+    new, old = old_digest(preset("shapes", "miga"))
+    assert new != old  # the full-queue ending makes other videos
+    assert config_from_dict("miga", {k: v for k, v in asdict(MIGAConfig()).items() if k != "queue_end"}).queue_end == \
+        "drain"
+    assert config_from_dict("fifo", asdict(FIFOConfig())) == FIFOConfig()

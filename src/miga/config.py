@@ -214,6 +214,17 @@ class MIGAConfig(_SamplingFields):
             started afresh there (``reset``, the code).
         unified_offset_from: the dynamic offset of unified pass p (Stage 2 and refinement) is
             ``(p - 1 + unified_offset_from) mod s``: 1 gives ``p mod s`` (method.md Alg. 5), 0 the code's.
+
+    The released VideoCrafter2 code's other choices (``videocrafter2_released`` sets them; checked against that
+    code on a tiny model, ``tests/test_reference_miga_vc2.py``):
+
+        clip_signal_scale_end, clip_signal_scale_steps: sample the base clip on the schedule with this signal scale
+            (``ScheduleConfig.signal_scale_end/steps``; VideoCrafter2's ``use_scale``: 0.7 below t = 400), as the
+            code does with LVDM's own DDIM; the queue keeps its plain per-frame DDIM. 1.0 (the default): the clip
+            on the queue's schedule (as :class:`FIFOConfig`'s fields of the same names).
+        steady_fresh: a fresh chunk that enters after the first steady Stage-1 pass is ``Noise(last clip frame,
+            top)`` (``clip``, Alg. 5, with ``fresh_from_clip``) or pure Gaussian noise (``noise``, the code's Stage-1
+            loop; its fill loop and its self-reflection candidates noise the clip's last frame).
     """
 
     steps: int = 64
@@ -247,6 +258,9 @@ class MIGAConfig(_SamplingFields):
     stage2_entry: Literal["exact", "relabel"] = "exact"
     stage2_history: Literal["keep", "reset"] = "keep"
     unified_offset_from: int = 1
+    clip_signal_scale_end: float = 1.0
+    clip_signal_scale_steps: int = 400
+    steady_fresh: Literal["clip", "noise"] = "clip"
 
     @property
     def refine_to(self) -> int:
@@ -289,11 +303,13 @@ class MIGAConfig(_SamplingFields):
             raise MigaError(f"queue_end must be 'full' or 'drain', got {self.queue_end!r}")
         for name, allowed in (("flow_grid", ("diffusers", "wan")), ("static_tiling", ("remainder_last", "remainder_first")),
                               ("steady_guides", ("updated", "pre_pass")), ("stage2_entry", ("exact", "relabel")),
-                              ("stage2_history", ("keep", "reset"))):
+                              ("stage2_history", ("keep", "reset")), ("steady_fresh", ("clip", "noise"))):
             if getattr(self, name) not in allowed:
                 raise MigaError(f"{name} must be {' or '.join(allowed)}, got {getattr(self, name)!r}")
         if self.fill_lead < 1 or self.reflection_lead_chunks < 0 or self.unified_offset_from < 0:
             raise MigaError("fill_lead must be >= 1, reflection_lead_chunks and unified_offset_from >= 0")
+        if not 0 < self.clip_signal_scale_end <= 1 or self.clip_signal_scale_steps < 2:
+            raise MigaError("clip_signal_scale_end must be in (0, 1] and clip_signal_scale_steps >= 2")
         if self.stage2_entry == "relabel" and self.stage2_steps + 1 > T - 1:
             raise MigaError(f"stage2_entry='relabel' needs K2 + 1 < T, got K2={self.stage2_steps}, T={T}")
         if self.refine_rounds < 0:
@@ -351,6 +367,23 @@ class MIGAConfig(_SamplingFields):
                                  flow_grid="wan", static_tiling="remainder_first", fill_lead=2,
                                  steady_guides="pre_pass", reflection_lead_chunks=1, stage2_entry="relabel",
                                  stage2_history="reset", unified_offset_from=0)
+
+    @classmethod
+    def videocrafter2_released(cls) -> "MIGAConfig":
+        """The MIGA authors' released VideoCrafter2 code (``videocraft_based/scripts/evaluation/funcs.py``, with
+        ``configs/videocrafter2.yaml``: m = 4, self-reflection off) where it differs from the paper:
+        nearest-chunk guides (updated by the pass, as the paper), remainder-first tiling while the queue fills
+        (which ends one level early), self-reflection only then, with one channel-and-frame mean map per chunk,
+        delta 0.001 (hard-coded; the yaml's threshold is unused) and a chunk in front of the references; pure-noise
+        fresh chunks once Stage 1 runs steady; the base clip by LVDM's DDIM with ``use_scale``; unified offsets from
+        0 and one refinement round from DDIM index 10 (level K2 + 1). Checked against that code on a tiny model
+        (``tests/test_reference_miga_vc2.py``)."""
+        return cls.videocrafter2().with_(guides=4, guide_selection="nearest", reflection=False,
+                                         reflection_threshold=0.001, score_mode="chunk", reflect_during="fill",
+                                         reflection_lead_chunks=1, static_tiling="remainder_first", fill_lead=2,
+                                         steady_fresh="noise", clip_signal_scale_end=0.7,
+                                         clip_signal_scale_steps=400, unified_offset_from=0, refine_rounds=1,
+                                         refine_level=11)
 
     @classmethod
     def skyreels_v2_df(cls) -> "MIGAConfig":
@@ -696,7 +729,7 @@ PRESETS = {
     "gaussian": (MIGAConfig.gaussian, FIFOConfig.gaussian),
     "shapes": (MIGAConfig.shapes, FIFOConfig.shapes),
     "wan2.1-released": (MIGAConfig.wan21_released, FIFOConfig.wan21),
-    "videocrafter2-released": (None, FIFOConfig.videocrafter2_released),
+    "videocrafter2-released": (MIGAConfig.videocrafter2_released, FIFOConfig.videocrafter2_released),
 }
 """Preset name -> (MIGA's, FIFO's). ``*-released``: the authors' released code where it differs from the paper,
 each difference a config field, checked against that code on a tiny model (``docs/reference.md``); None where no
@@ -720,12 +753,41 @@ def method_name(config) -> str:
 
 
 def config_from_dict(method: str, data: dict):
-    """The config of ``method`` from its ``dataclasses.asdict`` (as a run's ``run.json`` keeps it)."""
+    """The config of ``method`` from its record (:func:`config_record`, as a run's ``run.json`` keeps it)."""
     if method == "scalingnoise":
         return ScalingNoiseMethod.from_dict(data)
     if method in FULL_SEQUENCE_METHODS:
         raise MigaError(f"{method} runs are not checkpointed")
-    return (FIFOConfig if method == "fifo" else MIGAConfig)(**data)
+    cls = FIFOConfig if method == "fifo" else MIGAConfig
+    return cls(**{**RECORD_DEFAULTS.get(cls, {}), **data})  # a field left out of the record had its old value
+
+
+RECORD_DEFAULTS = {
+    MIGAConfig: {"queue_end": "drain", "refine_rounds": 0, "refine_level": None, "flow_grid": "diffusers",
+                 "static_tiling": "remainder_last", "fill_lead": 1, "steady_guides": "updated",
+                 "reflection_lead_chunks": 0, "stage2_entry": "exact", "stage2_history": "keep",
+                 "unified_offset_from": 1, "clip_signal_scale_end": 1.0, "clip_signal_scale_steps": 400,
+                 "steady_fresh": "clip"},
+    FIFOConfig: {"clip_signal_scale_end": 1.0, "clip_signal_scale_steps": 400, "padding": "clean"},
+}
+"""Fields added after runs were recorded (run dirs, ``miga ablate`` records), with the value every earlier run
+had in effect: :func:`config_record` leaves a field out when it has that value, so earlier records and run dirs
+still match the configs that make the same videos. (MIGA's ``queue_end`` was ``drain`` in effect before the field
+existed; its default is now ``full``, so a default MIGA config no longer matches those records: its videos
+differ.)"""
+
+
+def config_record(config) -> dict:
+    """The config as runs record and compare it: its fields, less those at their :data:`RECORD_DEFAULTS` value."""
+    from dataclasses import asdict
+
+    record = asdict(config)
+    for cls, defaults in RECORD_DEFAULTS.items():
+        if isinstance(config, cls):
+            for name, value in defaults.items():
+                if name in record and record[name] == value:
+                    del record[name]
+    return record
 
 
 def preset(name: str, method: str = "miga"):

@@ -41,7 +41,6 @@ When the run completes, ``OUT.partial`` becomes ``OUT`` and the latent file lose
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import os
@@ -51,7 +50,7 @@ from typing import Any, Callable
 import torch
 
 from miga.checkpoint import durable_write_bytes, load_state, save_state
-from miga.config import MIGAConfig, config_from_dict, method_name
+from miga.config import MIGAConfig, config_from_dict, config_record, method_name
 from miga.engine.prompts import PromptSchedule
 from miga.engine.queue import RunInterrupted
 from miga.errors import MigaError, PartialFileMismatch
@@ -93,7 +92,7 @@ def video_identity(video, model: str | None = None) -> dict:
         "model_id": model_identity(model) if model is not None else bb.name,
         "latent_shape": list(bb.latent_shape), "native_frames": bb.native_frames, "fps": bb.fps,
         "frames_per_latent": bb.frames_per_latent, "method": method_name(cfg),
-        "config": dataclasses.asdict(cfg), "prompts": [[s, p] for s, p in zip(video.prompts.starts,
+        "config": config_record(cfg), "prompts": [[s, p] for s, p in zip(video.prompts.starts,
                                                                                video.prompts.prompts)],
         "frames": video.num_frames, "seed": video.seed})
 

@@ -84,6 +84,9 @@ def _add_common_arguments(parser) -> None:
                         "record is enough: videos may be deleted to save disk)")
     parser.add_argument("--recorded-only", action="store_true", help="make nothing: the table of the runs already "
                         "recorded in DIR (rows with none are left out), e.g. to read a long sweep while it runs")
+    parser.add_argument("--queue-end", choices=("full", "drain"), help="how every MIGA row's zigzag queue ends: full "
+                        "(the default: a fresh chunk on every pass to the end) or drain (the last latents in a "
+                        "shrinking queue, as miga made them before December 2026: the records of docs/runs)")
     parser.add_argument("--no-table", action="store_true", help="make the runs but leave DIR's results.md and "
                         "results.json as they are, e.g. to fill a big table one prompt at a time; the full command "
                         "with --recorded-only then writes the table of every run")
@@ -151,14 +154,19 @@ def compare(args) -> int:
 
 
 def plan(rows: Sequence[Row], preset_name: str, native_frames: int, prompts: Sequence[str], seeds: Sequence[int],
-         frames: int, model_id: str, size: dict, window_batch: int | None = None) -> tuple[dict, list]:
-    """Each row's config (validated) and the distinct jobs (rows with the same config share them)."""
+         frames: int, model_id: str, size: dict, window_batch: int | None = None,
+         queue_end: str | None = None) -> tuple[dict, list]:
+    """Each row's config (validated) and the distinct jobs (rows with the same config share them); ``queue_end``
+    applies to the MIGA rows."""
+    from miga.config import MIGAConfig
     from miga.runner.jobs import make_job, merge
 
     configs = {}
     for row in rows:
         try:
             cfg = row.config(preset_name).with_(window_batch=window_batch)
+            if isinstance(cfg, MIGAConfig):
+                cfg = cfg.with_(queue_end=queue_end)
             cfg.validate(native_frames)
         except MigaError as exc:
             raise MigaError(f"row {row.key}: {exc}") from None
@@ -268,7 +276,7 @@ def run_table(args, rows: Sequence[Row], backbone=None) -> int:
     preset_name = backbone.default_preset
     model_id = model_identity(args.model)
     configs, jobs = plan(rows, preset_name, backbone.native_frames, prompts, seeds, args.frames, model_id, size,
-                         args.window_batch)
+                         args.window_batch, getattr(args, "queue_end", None))
     planned = len(jobs)
     planned_rows = [r.key for r in rows]
     if getattr(args, "recorded_only", False):

@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from miga.errors import MigaError
@@ -61,8 +61,10 @@ def make_job(row: str, config, prompt_index: int, prompt, seed: int, frames: int
             schedule, key_prompt = None, text
     else:
         text = key_prompt = prompt
+    from miga.config import config_record
+
     key = {"model": model_id, **size, "frames": frames, "method": type(config).__name__,
-           "config": asdict(config), "prompt": key_prompt, "seed": seed}
+           "config": config_record(config), "prompt": key_prompt, "seed": seed}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Job([row], config, prompt_index, text, seed, key, digest, frames, schedule, dict(tags or {}))
 
