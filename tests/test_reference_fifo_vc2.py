@@ -19,79 +19,29 @@ output; with the paper's preset (clean padding, the clip on the queue's DDIM) it
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import replace
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 
 import miga.engine.fifo as fifo_module
-from miga.backbones.videocrafter2 import VIDEOCRAFTER2_SCHEDULE, VideoCrafter2Model
-from miga.backbones.videocrafter2_unet import VideoCrafter2UNet, config_from_state_dict
+from miga.backbones.videocrafter2 import VIDEOCRAFTER2_SCHEDULE
 from miga.config import FIFOConfig
 from miga.engine.fifo import FIFOEngine
 from miga.engine.queue import Slot
 from miga.engine.schedules import Schedule
 from miga.engine.solvers import make_solver
 from miga.engine.stepper import Stats, WindowStepper
+from reference_helpers import FixtureBackbone, ReplayNoise, load_vc2_fixture, rel
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "reference", "fifo_vc2.safetensors")
 TOLERANCE = 1e-4
 
 
-class ReplayNoise:
-    """miga's keyed-noise interface over the authors' recorded draws; a key they never drew is a KeyError."""
-
-    def __init__(self, table: dict, shape, seed: int = 0):
-        self.table, self.shape, self.seed = table, tuple(shape), seed
-        self.used: set = set()
-
-    def one(self, index: int, level: int, purpose: str) -> torch.Tensor:
-        key = (int(index), int(level), purpose)
-        if key not in self.table:
-            raise KeyError(f"miga asked for noise {key}, which the authors' run never drew")
-        self.used.add(key)
-        return self.table[key].clone()
-
-    def many(self, indices, levels, purpose: str) -> torch.Tensor:
-        return torch.stack([self.one(i, k, purpose) for i, k in zip(indices, levels)])
-
-
-class FixtureBackbone(VideoCrafter2Model):
-    """miga's VideoCrafter2 backbone (its ``predict``) over the fixture's UNet, without VAE or text encoder."""
-
-    def __init__(self, unet: VideoCrafter2UNet, latent_shape, frames: int, fps: float):
-        self.owns_modules = True
-        self.unet = unet.eval()
-        self.device, self.dtype = torch.device("cpu"), torch.float32
-        self.latent_shape, self.native_frames = tuple(latent_shape), frames
-        self.model_batch, self.fps_condition = None, float(fps)
-        self.default_schedule = VIDEOCRAFTER2_SCHEDULE
-
-
 @pytest.fixture(scope="module")
 def fx():
-    tensors = load_file(FIXTURE)
-    with safe_open(FIXTURE, "pt") as f:
-        meta = f.metadata()
-    settings = json.loads(meta["settings"])
-    purposes = json.loads(meta["noise_purposes"])
-    table = {(int(i), int(k), purposes[int(u)]): v.float()
-             for (i, k, u), v in zip(tensors["noise.keys"].tolist(), tensors["noise.values"])}
-    exponents = json.loads(meta["unet_exponents"])  # weights: int8 * 2**exponent, exact in float32
-    state = {k: tensors["unet." + k].float() * 2.0 ** e for k, e in exponents.items()}
-    unet = VideoCrafter2UNet(config_from_state_dict(state))
-    unet.load_state_dict(state, strict=True)
-    return dict(meta=meta, s=settings, table=table, unet=unet.eval(), cond=tensors["text.cond"].float(),
-                uncond=tensors["text.uncond"].float(),
-                **{k[len("ref."):]: v for k, v in tensors.items() if k.startswith("ref.")})
-
-
-def rel(ours: torch.Tensor, theirs: torch.Tensor) -> float:
-    return float((ours - theirs).abs().max() / theirs.std())
+    return load_vc2_fixture(FIXTURE)
 
 
 def fifo_config(s: dict, released: bool = True) -> FIFOConfig:

@@ -20,19 +20,14 @@ same weights and draws; the permutations of the rescheduling are fed to miga's r
 
 from __future__ import annotations
 
-import json
 import os
-import types
 from dataclasses import replace
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 
 import miga.baselines.noise as noise_module
-from miga.backbones.videocrafter2 import VIDEOCRAFTER2_SCHEDULE, VideoCrafter2Model
-from miga.backbones.videocrafter2_unet import VideoCrafter2UNet, config_from_state_dict
+from miga.backbones.videocrafter2 import VIDEOCRAFTER2_SCHEDULE
 from miga.baselines.attention import AttentionSite, FreeLongConfig, SpectralBlendAttention
 from miga.baselines.hooks import attention_policy
 from miga.baselines.methods import noise_rule, step_context
@@ -41,85 +36,16 @@ from miga.engine.full_sequence import FullSequenceEngine
 from miga.engine.schedules import Schedule
 from miga.engine.solvers import make_solver
 from miga.engine.stepper import Stats, WindowStepper
+from reference_helpers import FixtureBackbone, PermutationReplay, ReplayNoise, load_vc2_fixture, rel
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "reference", "freelong_vc2.safetensors")
 TOLERANCE = 1e-4
 NATIVE_FRAMES = 16
 
 
-class ReplayNoise:
-    """miga's keyed-noise interface over the authors' recorded draws; a key they never drew is a KeyError."""
-
-    def __init__(self, table: dict, shape, seed: int = 0):
-        self.table, self.shape, self.seed = table, tuple(shape), seed
-        self.used: set = set()
-
-    def one(self, index: int, level: int, purpose: str) -> torch.Tensor:
-        key = (int(index), int(level), purpose)
-        if key not in self.table:
-            raise KeyError(f"miga asked for noise {key}, which the authors' run never drew")
-        self.used.add(key)
-        return self.table[key].clone()
-
-    def many(self, indices, levels, purpose: str) -> torch.Tensor:
-        return torch.stack([self.one(i, k, purpose) for i, k in zip(indices, levels)])
-
-
-class PermutationReplay(types.ModuleType):
-    """``torch`` as ``miga.baselines.noise`` sees it, ``randperm`` answering the authors' permutations in order."""
-
-    def __init__(self, perms: torch.Tensor):
-        super().__init__("torch")
-        self.perms, self.calls = [p.clone() for p in perms], 0
-
-    def randperm(self, n, generator=None, **kwargs):
-        assert isinstance(generator, torch.Generator), "miga's rule must be given the engine's keyed generator"
-        assert self.calls < len(self.perms), "miga's rule asked for more permutations than the authors drew"
-        perm = self.perms[self.calls]
-        assert n == perm.numel(), f"miga asked for a permutation of {n}, the authors shuffled {perm.numel()}"
-        self.calls += 1
-        return perm.clone()
-
-    def __getattr__(self, name):
-        return getattr(torch, name)
-
-
-class FixtureBackbone(VideoCrafter2Model):
-    """miga's VideoCrafter2 backbone (its ``predict``) over the fixture's UNet, without VAE or text encoder."""
-
-    def __init__(self, unet: VideoCrafter2UNet, latent_shape):
-        self.owns_modules = True
-        self.unet = unet.eval()
-        self.device, self.dtype = torch.device("cpu"), torch.float32
-        self.latent_shape, self.native_frames = tuple(latent_shape), NATIVE_FRAMES
-        self.model_batch, self.fps_condition = None, 8.0
-        self.default_schedule = VIDEOCRAFTER2_SCHEDULE
-
-
-def load_fixture() -> dict:
-    tensors = load_file(FIXTURE)
-    with safe_open(FIXTURE, "pt") as f:
-        meta = f.metadata()
-    settings = json.loads(meta["settings"])
-    purposes = json.loads(meta["noise_purposes"])
-    table = {(int(i), int(k), purposes[int(u)]): v.float()
-             for (i, k, u), v in zip(tensors["noise.keys"].tolist(), tensors["noise.values"])}
-    exponents = json.loads(meta["unet_exponents"])
-    state = {k: tensors["unet." + k].float() * 2.0 ** e for k, e in exponents.items()}
-    unet = VideoCrafter2UNet(config_from_state_dict(state))
-    unet.load_state_dict(state, strict=True)
-    return dict(meta=meta, s=settings, table=table, unet=unet.eval(), perms=tensors["rule.perms"],
-                cond=tensors["text.cond"].float(), uncond=tensors["text.uncond"].float(),
-                **{k[len("ref."):]: v for k, v in tensors.items() if k.startswith("ref.")})
-
-
 @pytest.fixture(scope="module")
 def fx():
-    return load_fixture()
-
-
-def rel(ours: torch.Tensor, theirs: torch.Tensor) -> float:
-    return float((ours - theirs).abs().max() / theirs.std())
+    return load_vc2_fixture(FIXTURE)
 
 
 def preset(s: dict, **changes) -> FreeLongMethod:
@@ -128,7 +54,7 @@ def preset(s: dict, **changes) -> FreeLongMethod:
 
 def make_engine(fx, cfg: FreeLongMethod, monkeypatch, replay_perms: bool = True):
     s = fx["s"]
-    backbone = FixtureBackbone(fx["unet"], s["latent_shape"])
+    backbone = FixtureBackbone(fx["unet"], s["latent_shape"], NATIVE_FRAMES)
     schedule = Schedule(replace(backbone.default_schedule, **cfg.schedule_changes()), cfg.steps)
     noise = ReplayNoise(fx["table"], s["latent_shape"])
     stepper = WindowStepper(backbone, schedule, make_solver(cfg.solver, schedule, cfg.eta), noise, lambda i: 0,
@@ -292,7 +218,7 @@ def test_each_noise_change_is_seen(fx, monkeypatch, change):
 
 def figures() -> dict:
     """max |diff| / std of every comparison and mutation (``python tests/test_reference_freelong_vc2.py``)."""
-    fx, out = load_fixture(), {}
+    fx, out = load_vc2_fixture(FIXTURE), {}
     with pytest.MonkeyPatch.context() as mp:
         start, states, _ = run(fx, preset(fx["s"]), mp)
     out["x_T"] = rel(start, fx["x_T"])
