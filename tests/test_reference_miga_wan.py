@@ -275,12 +275,10 @@ def test_the_released_preset_reproduces_the_authors_code(fx, released, run):
 
 def test_released_fields_are_the_preset_s():
     from miga.config import MIGAConfig, preset
-    from miga.errors import MigaError
 
     assert set(RELEASED_NEW) <= set(released_fields())
     assert preset("wan2.1-released", "miga") == MIGAConfig.wan21_released().validate(21)
-    with pytest.raises(MigaError, match="videocrafter2-released preset has no miga settings"):
-        preset("videocrafter2-released", "miga")
+    assert preset("videocrafter2-released", "miga") == MIGAConfig.videocrafter2_released().validate(16)
 
 
 @pytest.mark.parametrize("left_out", ["flow_grid", "fill_lead", "stage2_entry", "unified_offset_from"])

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from dataclasses import replace
-
 from miga.config import FIFOConfig
 from miga.engine.queue import QueueEngine, pack_slots, unpack_slots
-from miga.engine.schedules import Schedule
-from miga.engine.solvers import make_solver
 from miga.engine.stepper import Slot, WindowJob, WindowStepper, sample_clip
 from miga.engine.tiling import fifo_windows
 
@@ -42,11 +38,8 @@ class FIFOEngine(QueueEngine):
         """The base clip, forward-noised into the queue (A1)."""
         sch, noise, cfg = self.stepper.schedule, self.stepper.noise, self.cfg
         f0, T = self.f0, sch.top
-        clip_stepper = self.stepper
-        if cfg.clip_signal_scale_end != 1.0:  # the code's base clip: LVDM's DDIM with the model's signal scale
-            scaled = Schedule(replace(sch.config, signal_scale_end=cfg.clip_signal_scale_end,
-                                      signal_scale_steps=cfg.clip_signal_scale_steps), sch.steps)
-            clip_stepper = self.stepper.on_schedule(scaled, make_solver(cfg.solver, scaled, cfg.eta))
+        clip_stepper = self.stepper.with_signal_scale(cfg.clip_signal_scale_end, cfg.clip_signal_scale_steps,
+                                                      cfg.solver, cfg.eta)  # the released codes' base clip
         clip = sample_clip(clip_stepper, f0, 0, "clip")
         warmup = T - f0
         queue = []

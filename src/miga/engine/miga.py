@@ -15,12 +15,14 @@ from miga.engine.tiling import nearest_chunk_guides, static_offset, tiling, unif
 
 class Stage2Batch:
     """Stage 2 as in the paper (Eq. 4): collect every Stage-1 output, then run K2 unified passes over all
-    of them (window f_0, stride s, no guidance) and return them clean."""
+    of them (window f_0, stride s, no guidance) and return them clean. ``purpose``: the key of its solver
+    noise (``stage2``; each refinement round has its own, so that no draw repeats one of Stage 2's)."""
 
     def __init__(self, stepper: WindowStepper, *, window: int, stride: int, steps: int, dynamic_offset: bool,
-                 total: int, offset_from: int = 1):
+                 total: int, offset_from: int = 1, purpose: str = "stage2"):
         self.stepper, self.window, self.stride, self.steps = stepper, window, stride, steps
         self.dynamic_offset, self.total, self.offset_from = dynamic_offset, total, offset_from
+        self.purpose = purpose
         self.slots: list[Slot] = []
 
     def plan(self, step: int):
@@ -36,7 +38,7 @@ class Stage2Batch:
         for step in range(1, self.steps + 1):
             q = self.slots
             self.stepper.run([WindowJob(q[w.start:w.start + w.length], range(w.n_update), q[w.start].index,
-                                        "stage2") for w in self.plan(step)])
+                                        self.purpose) for w in self.plan(step)])
         out, self.slots = self.slots, []
         return out
 
@@ -75,7 +77,7 @@ class Stage2Stream(Stage2Batch):
                 while w is not None and self.done[p - 1] >= w.start + w.length:
                     q = self.slots
                     a = w.start - self.base
-                    self.stepper.run([WindowJob(q[a:a + w.length], range(w.n_update), q[a].index, "stage2")])
+                    self.stepper.run([WindowJob(q[a:a + w.length], range(w.n_update), q[a].index, self.purpose)])
                     self.done[p] = w.start + w.n_update
                     self.cursor[p] += 1
                     w = self.pending(p)
@@ -136,22 +138,27 @@ class MIGAEngine(QueueEngine):
         unified = Stage2Stream if cfg.stage2_mode == "stream" else Stage2Batch
         self.stage2 = unified(stepper, steps=K2, **stage2_kw) if K2 else None
         # the released codes' refinement: the unified passes again from refine_level (Alg. 5 lines 11-12)
-        self.refine = [unified(stepper, steps=cfg.refine_to, **stage2_kw) for _ in range(cfg.refine_rounds)]
+        self.refine = [unified(stepper, steps=cfg.refine_to, purpose=f"refine{r}", **stage2_kw)
+                       for r in range(cfg.refine_rounds)]
 
     @property
     def finished(self) -> bool:
         return self.emitted >= self.n_chunks
 
-    def fresh(self, index: int, purpose: str):
-        """A new tail latent at the top level: Noise(last clip frame, top) (Alg. 4 line 7)."""
+    def fresh(self, index: int, purpose: str, from_clip: bool = True):
+        """A new tail latent at the top level: Noise(last clip frame, top) (Alg. 4 line 7), or the noise alone
+        (``from_clip`` False, or without ``fresh_from_clip``)."""
         sch = self.stepper.schedule
         eps = self.stepper.noise.one(index, sch.top, purpose + "/fresh")
-        return sch.add_noise(self.last_clip, eps, sch.top) if self.cfg.fresh_from_clip else eps
+        return sch.add_noise(self.last_clip, eps, sch.top) if (self.cfg.fresh_from_clip and from_clip) else eps
 
     def start(self) -> None:
         """Alg. 4 lines 1-5: the base clip; its chunks sit at the noisiest levels but the top one."""
         sch, noise, L, T = self.stepper.schedule, self.stepper.noise, self.cfg.zigzag_width, self.stepper.schedule.top
-        clip = sample_clip(self.stepper, self.f0, 0, "clip")
+        cfg = self.cfg
+        clip_stepper = self.stepper.with_signal_scale(cfg.clip_signal_scale_end, cfg.clip_signal_scale_steps,
+                                                      cfg.solver, cfg.eta)  # the released codes' base clip
+        clip = sample_clip(clip_stepper, self.f0, 0, "clip")
         self.last_clip = clip[-1].latent
         k0 = self.f0 // L
         for c in range(k0):
@@ -192,7 +199,9 @@ class MIGAEngine(QueueEngine):
         leaves for Stage 2 once it has run its T - K2 steps. Returns the latents Stage 2 finished."""
         cfg, L, T, K2 = self.cfg, self.cfg.zigzag_width, self.stepper.schedule.top, self.cfg.stage2_steps
         if self.enqueued < self.n_chunks or cfg.queue_end == "full":  # a fresh chunk every pass (decision 1)
-            self.queue += [Slot(i, self.fresh(i, "miga"), T) for i in range(self.next_index, self.next_index + L)]
+            from_clip = cfg.steady_fresh == "clip" or self.passes == 0  # "noise": once a steady pass has run
+            self.queue += [Slot(i, self.fresh(i, "miga", from_clip), T)
+                           for i in range(self.next_index, self.next_index + L)]
             self.next_index += L
             self.enqueued += 1
         filling = self.queue[0].level > K2 + cfg.fill_lead  # Alg. 4: the ladder is not complete yet

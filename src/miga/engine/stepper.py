@@ -69,13 +69,22 @@ class WindowStepper:
         self.stats = stats
         self.max_batch = max(1, int(max_batch))
 
-    def on_schedule(self, schedule: Schedule, solver) -> "WindowStepper":
-        """The same model, prompts, noise and counters on another schedule and solver (e.g. a base clip
-        sampled with the model's signal scale while the queue runs without it)."""
+    def with_signal_scale(self, end: float, steps: int, solver: str, eta: float) -> "WindowStepper":
+        """This stepper, or (``end`` != 1) the same model, prompts, noise and counters on this schedule with a
+        signal scale (``ScheduleConfig.signal_scale_end/steps``) and a new ``solver``: a base clip sampled by
+        LVDM's own DDIM with VideoCrafter2's ``use_scale`` while the queue runs without it, as the released
+        FIFO and MIGA codes do."""
+        if end == 1.0:
+            return self
         import copy
+        from dataclasses import replace
+
+        from miga.engine.solvers import make_solver
 
         other = copy.copy(self)
-        other.schedule, other.solver = schedule, solver
+        other.schedule = Schedule(replace(self.schedule.config, signal_scale_end=end, signal_scale_steps=steps),
+                                  self.schedule.steps)
+        other.solver = make_solver(solver, other.schedule, eta)
         return other
 
     @torch.no_grad()
