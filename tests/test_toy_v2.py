@@ -1,5 +1,7 @@
 """Model v2's denoiser (temporal self-attention, relative frame distances) on tiny random weights."""
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -163,6 +165,9 @@ def test_a_run_started_from_weights_continues_them_and_snapshots(tmp_path):
     after = load_file(str(tmp_path / "v3" / "shapes.safetensors"))
     assert all(torch.equal(after[k], given[k]) for k in given if k.startswith("autoencoder."))
     assert any(not torch.equal(after[k], given[k]) for k in given if k.startswith("denoiser."))
+    os.rename(start, start + ".moved")  # a resume needs the checkpoint alone, not the file it started from
+    assert ToyTrainer.resume(str(tmp_path / "v3")).step == 4
+    os.rename(start + ".moved", start)
     # cosine: lr at the warmup's end, halfway and at the end
     r = TrainConfig.v3(steps=101, warmup=1)
     assert math.isclose(r.learning_rate(1), r.lr) and math.isclose(r.learning_rate(51), (r.lr + r.lr_final) / 2)

@@ -147,7 +147,9 @@ def world_clips(n: int, frames: int, g: torch.Generator, cfg: ToyConfig, two_obj
 class ToyTrainer:
     """State of one training run; ``run(...)`` advances it, checkpointing as it goes."""
 
-    def __init__(self, run_dir: str, train: TrainConfig, model: ToyConfig = ToyConfig()):
+    def __init__(self, run_dir: str, train: TrainConfig, model: ToyConfig = ToyConfig(), *, initial: bool = True):
+        """``initial``: start from ``train.init_weights`` when the recipe names some (False when a checkpoint's
+        state follows, :meth:`resume`)."""
         self.run_dir = run_dir
         self.train = train.validate()
         self.model_cfg = model
@@ -162,7 +164,7 @@ class ToyTrainer:
         self.stats_done = False
         self.history: dict[str, list[list[float]]] = {"ae": [], "denoiser": []}
         self.seconds = 0.0
-        if train.init_weights:
+        if train.init_weights and initial:
             self.load_initial_weights(train.init_weights)
 
     def load_initial_weights(self, name_or_path: str) -> None:
@@ -221,7 +223,7 @@ class ToyTrainer:
                 raise MigaError(f"{run_dir} was trained with different {', '.join(changed)}; "
                                 "use the same settings or a new run dir")
             saved = replace(saved, steps=train.steps, checkpoint_every=train.checkpoint_every)
-        self = cls(run_dir, saved, model)
+        self = cls(run_dir, saved, model, initial=False)  # the checkpoint holds every weight
         self.ae.load_state_dict(state["ae"])
         self.denoiser.load_state_dict(state["denoiser"])
         self.ema = state["ema"]
@@ -403,13 +405,12 @@ class ToyTrainer:
 
 def weights_path(name_or_path: str) -> str:
     """A built-in model's file (``shapes-v2``, ``shapes`` for the default, ``shapes-df``...) or a given path."""
-    from importlib import resources
-
+    from miga.backbones.shapes import shipped_weights
     from miga.backbones.shipped import SHIPPED
 
     by_file = {w.file.removesuffix(".safetensors"): w for w in SHIPPED.values()}
     shipped = SHIPPED.get(name_or_path) or by_file.get(name_or_path)
-    path = str(resources.files("miga") / "weights" / shipped.file) if shipped else name_or_path
+    path = shipped_weights(shipped.name) if shipped else name_or_path
     if not os.path.isfile(path):
         raise MigaError(f"weights {name_or_path!r} not found: give a built-in name ({', '.join(sorted(by_file))}) "
                         "or a .safetensors file from 'miga train-toy'")
