@@ -79,6 +79,35 @@ def test_reflection_mode_sweep():
     assert [r.key for r in ablation.select_rows([], None)][-1] == "guides=6"  # not run unless asked for
 
 
+@pytest.mark.parametrize("name", ["gaussian", "shapes"])
+def test_code_sweep_changes_one_released_choice_at_a_time(name):
+    """Each single-choice row is the paper preset with one field at the released code's value; the combined rows
+    set every field the released presets set (but the backbone-bound ones: m, the yaml's reflection switch,
+    LVDM's use_scale), so a released preset is the model's preset plus them."""
+    base = preset(name, "miga")
+    rows = {r.key.split("=", 1)[1]: r.config(name) for r in ablation.select_rows([], ["code"])}
+    assert rows["paper"] == base
+    singles = {k: c for k, c in rows.items() if k not in ("paper", "wan-code", "vc2-code")}
+    assert len(singles) == 13
+    for key, cfg in singles.items():
+        (field, value), = ablation.CODE_CHOICES[key].items()  # one field each
+        assert cfg == replace(base, **{field: value})
+        cfg.validate(16)
+    released = {"wan-code": MIGAConfig.wan21_released(), "vc2-code": MIGAConfig.videocrafter2_released()}
+    paper = {"wan-code": MIGAConfig.wan21(), "vc2-code": MIGAConfig.videocrafter2()}
+    bound = {"guides", "reflection", "clip_signal_scale_end", "clip_signal_scale_steps", "refine_level"}
+    for key, code in released.items():
+        cfg = rows[key]
+        cfg.validate(16)
+        want = {f for f in code.__dataclass_fields__ if getattr(code, f) != getattr(paper[key], f)} - bound
+        got = {f for f in base.__dataclass_fields__ if getattr(cfg, f) != getattr(base, f)}
+        assert want <= got | {f for f in want if getattr(base, f) == getattr(code, f)}, (key, want - got)
+        assert all(getattr(cfg, f) == getattr(code, f) for f in want)
+    assert rows["vc2-code"].refine_level == base.stage2_steps + 1  # DDIM index 10 of 64 = level K2 + 1
+    assert [r.key for r in ablation.select_rows([], ["code"], {"code": ["paper", "refine"]})] == [
+        "code=paper", "code=refine"]
+
+
 def test_default_prompts_fit_the_models():
     for prompt in ablation.DEFAULT_PROMPTS["shapes"]:
         parse_prompt(prompt)  # the shapes grammar

@@ -74,11 +74,50 @@ ENDINGS = {
 to the end (the paper), a draining queue (miga before 2026-12-03), and a full queue plus one refinement round
 (re-noise to the Stage-2 boundary, the unified passes again)."""
 
+def _wan_code(config: MIGAConfig) -> dict:
+    """Every choice of the authors' Wan2.1 code that :meth:`MIGAConfig.wan21_released` sets."""
+    return dict(guide_selection="nearest", reflect_during="fill", refine_rounds=1, flow_grid="wan",
+                static_tiling="remainder_first", fill_lead=2, steady_guides="pre_pass", reflection_lead_chunks=1,
+                stage2_entry="relabel", stage2_history="reset", unified_offset_from=0)
+
+
+def _vc2_code(config: MIGAConfig) -> dict:
+    """The choices of the authors' VideoCrafter2 code (:meth:`MIGAConfig.videocrafter2_released`) that apply to
+    any backbone: all but m = 4, the yaml's reflection off and LVDM's ``use_scale`` base clip; the refinement from
+    level K2 + 1 (DDIM index 10 of 64)."""
+    return dict(guide_selection="nearest", reflection_threshold=0.001, score_mode="chunk", reflect_during="fill",
+                reflection_lead_chunks=1, static_tiling="remainder_first", fill_lead=2, steady_fresh="noise",
+                unified_offset_from=0, refine_rounds=1, refine_level=config.stage2_steps + 1)
+
+
+CODE_CHOICES = {
+    "paper": {},
+    "nearest-guides": {"guide_selection": "nearest"},
+    "remainder-first": {"static_tiling": "remainder_first"},
+    "fill-lead": {"fill_lead": 2},
+    "pre-pass-guides": {"steady_guides": "pre_pass"},
+    "lead-chunk": {"reflection_lead_chunks": 1},
+    "reflect-fill": {"reflect_during": "fill"},
+    "chunk-score": {"score_mode": "chunk"},
+    "noise-fresh": {"steady_fresh": "noise"},
+    "relabel": {"stage2_entry": "relabel"},
+    "reset-history": {"stage2_history": "reset"},
+    "offset-from-0": {"unified_offset_from": 0},
+    "refine": {"refine_rounds": 1},
+    "wan-grid": {"flow_grid": "wan"},
+    "wan-code": _wan_code,
+    "vc2-code": _vc2_code,
+}
+"""Where the authors' released codes differ from the paper (``docs/reference.md``): the paper's preset, each
+choice of the code alone (a :class:`MIGAConfig` field at the code's value), and every choice of the Wan2.1 or
+VideoCrafter2 code together. A value is field changes or a function of the preset that returns them."""
+
 SWEEPS = {
     "threshold": ("reflection_threshold", "delta_adju", (0.005, 0.01, 0.02, 0.05)),
     "guides": ("guides", "m_guid", (0, 2, 4, 6)),
     "reflection": (REFLECTION_MODES, "self-reflection mode", tuple(REFLECTION_MODES)),
     "ending": (ENDINGS, "ending", tuple(ENDINGS)),
+    "code": (CODE_CHOICES, "released-code choice", tuple(CODE_CHOICES)),
 }
 """Sweep name -> (config field, or a dict from each value to its field changes; paper symbol or name; default
 values); each value is the full MIGA preset with that change. The defaults all validate for f_0 = 16 (the
@@ -123,6 +162,10 @@ def _value_text(value) -> str:
     return format(value, "g") if isinstance(value, float) else str(value)
 
 
+def _with(config: MIGAConfig, changes) -> MIGAConfig:
+    return config.with_(**(changes(config) if callable(changes) else changes))
+
+
 def sweep_rows(name: str, values: Sequence | None = None) -> list[Row]:
     """The rows of one sweep: the MIGA preset with the sweep's field set to each value."""
     if name not in SWEEPS:
@@ -134,8 +177,7 @@ def sweep_rows(name: str, values: Sequence | None = None) -> list[Row]:
         if isinstance(fld, dict) and v not in fld:
             raise MigaError(f"unknown {symbol} {v!r}; choose from {', '.join(fld)}")
         changes = fld[v] if isinstance(fld, dict) else {fld: v}
-        rows.append(Row(f"{name}={text}", f"MIGA, {symbol} = {text}", name,
-                        lambda p, changes=changes: _miga(p).with_(**changes)))
+        rows.append(Row(f"{name}={text}", f"MIGA, {symbol} = {text}", name, lambda p, changes=changes: _with(_miga(p), changes)))
     return rows
 
 

@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Sequence
 
-from miga.ablation import (COMPARE_METHODS, DEFAULT_FRAMES, DEFAULT_PROMPTS, DEFAULT_SEEDS, DEFAULT_SWEEPS,
+from miga.ablation import (CODE_CHOICES, COMPARE_METHODS, DEFAULT_FRAMES, DEFAULT_PROMPTS, DEFAULT_SEEDS, DEFAULT_SWEEPS,
                            REFLECTION_MODES, ROWS, SWEEPS, Row, _value_text, compare_rows, select_rows)
 from miga.backbones.shipped import model_names_help
 from miga.common import machine, model_identity, number, parse_list as _list, read_prompt_list
@@ -68,6 +68,9 @@ def _add_ablation_arguments(parser) -> None:
     parser.add_argument("--reflection-modes", metavar="LIST", help="reflection sweep values (default "
                         f"{','.join(REFLECTION_MODES)}: no reflection, every pass, while the queue fills, the "
                         "calibrated threshold on every pass or while filling)")
+    parser.add_argument("--code-choices", metavar="LIST", help="code sweep values (default: all of "
+                        f"{','.join(CODE_CHOICES)}: the paper's preset, each choice of the authors' released code "
+                        "alone, and all of the Wan2.1 or VideoCrafter2 code's together; docs/reference.md)")
 
 
 def _add_common_arguments(parser) -> None:
@@ -112,8 +115,10 @@ def _ablation_rows(args) -> list[Row]:
     """The rows ``miga ablate``'s --rows, --sweeps and sweep values ask for."""
     values = {"threshold": _list(args.thresholds, "--thresholds", float),
               "guides": _list(args.guide_counts, "--guide-counts", int),
-              "reflection": _list(getattr(args, "reflection_modes", None), "--reflection-modes")}
-    flags = (("threshold", "--thresholds"), ("guides", "--guide-counts"), ("reflection", "--reflection-modes"))
+              "reflection": _list(getattr(args, "reflection_modes", None), "--reflection-modes"),
+              "code": _list(getattr(args, "code_choices", None), "--code-choices")}
+    flags = (("threshold", "--thresholds"), ("guides", "--guide-counts"), ("reflection", "--reflection-modes"),
+             ("code", "--code-choices"))
     for name, flag in flags:
         if values[name] == []:
             raise MigaError(f"{flag}: give at least one value (or leave the sweep out of --sweeps)")
